@@ -1,0 +1,9 @@
+window.onload = function () {
+  window.ui = SwaggerUIBundle({
+    url: "/labelling/openapi",
+    dom_id: "#swagger-ui",
+    deepLinking: true,
+    presets: [SwaggerUIBundle.presets.apis],
+    layout: "BaseLayout",
+  });
+};

@@ -1,0 +1,198 @@
+//! Command-line configuration for `photolabel serve` and `photolabel keys`.
+//!
+//! Every flag is also an environment variable (`PHOTOLABEL_…`), so the same
+//! binary can be configured from a unit file or a container definition.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Subcommand};
+
+use crate::fetch::FetchConfig;
+
+/// Where the key database lives; shared by `serve` and `keys` so both open
+/// the same file.
+#[derive(Debug, Clone, Args)]
+pub struct StoreArgs {
+    /// Directory for the service's state; the key database is
+    /// `<data-dir>/photolabel.db`.
+    #[arg(long, env = "PHOTOLABEL_DATA_DIR", default_value = "./photolabel-data")]
+    pub data_dir: PathBuf,
+
+    /// Database URL overriding `--data-dir` (only `sqlite:` URLs are
+    /// supported for now, e.g. `sqlite:///var/lib/photolabel/keys.db`).
+    #[arg(long, env = "PHOTOLABEL_DATABASE_URL")]
+    pub database_url: Option<String>,
+}
+
+/// `photolabel serve`: the Altum-compatible HTTP API.
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    /// Address to listen on. Keep the default loopback address behind a
+    /// reverse proxy; use 0.0.0.0:8080 to listen on every interface.
+    #[arg(long, env = "PHOTOLABEL_BIND", default_value = "127.0.0.1:8080")]
+    pub bind: SocketAddr,
+
+    #[command(flatten)]
+    pub store: StoreArgs,
+
+    /// Largest request body in bytes; larger uploads get 413 before they are
+    /// read.
+    #[arg(long, env = "PHOTOLABEL_MAX_BODY_BYTES", default_value_t = 20 * 1024 * 1024)]
+    pub max_body_bytes: usize,
+
+    /// Largest image in pixels (width × height), checked in the header
+    /// before decoding; larger images get 400.
+    #[arg(long, env = "PHOTOLABEL_MAX_PIXELS", default_value_t = 50_000_000)]
+    pub max_pixels: u64,
+
+    /// Seconds a client may take to send the request headers.
+    #[arg(long, env = "PHOTOLABEL_HEADER_TIMEOUT", default_value_t = 10)]
+    pub header_timeout: u64,
+
+    /// Seconds the request body may stay silent before the request is cut
+    /// off (408).
+    #[arg(long, env = "PHOTOLABEL_BODY_TIMEOUT", default_value_t = 30)]
+    pub body_timeout: u64,
+
+    /// Seconds a whole request may take, upload and labelling included
+    /// (503 when exceeded).
+    #[arg(long, env = "PHOTOLABEL_REQUEST_TIMEOUT", default_value_t = 120)]
+    pub request_timeout: u64,
+
+    /// Photos that may wait for the model at once (including those being
+    /// decoded); when full, requests get 503 immediately instead of queueing.
+    #[arg(long, env = "PHOTOLABEL_QUEUE_CAPACITY", default_value_t = 32)]
+    pub queue_capacity: usize,
+
+    /// Most photos the model worker labels in one batch. 1 disables batching.
+    #[arg(long, env = "PHOTOLABEL_MAX_BATCH", default_value_t = 1)]
+    pub max_batch: usize,
+
+    /// In percent: when the top scene's confidence is at or below this, the
+    /// answer also carries the second scene (the contract's 70 % rule).
+    #[arg(long, env = "PHOTOLABEL_SECOND_SCENE_THRESHOLD", default_value_t = photolabel_taxonomy::DEFAULT_SECOND_SCENE_THRESHOLD)]
+    pub second_scene_threshold: f64,
+
+    /// Let `/labelling/url` fetch from loopback, private, link-local and
+    /// other internal addresses. Turns off SSRF protection: only for tests
+    /// and trusted intranets.
+    #[arg(long, env = "PHOTOLABEL_ALLOW_PRIVATE_URLS", default_value_t = false)]
+    pub allow_private_urls: bool,
+
+    /// Largest image `/labelling/url` downloads, in bytes.
+    #[arg(long, env = "PHOTOLABEL_URL_MAX_BYTES", default_value_t = 20 * 1024 * 1024)]
+    pub url_max_bytes: usize,
+
+    /// Seconds a URL download may take in total, redirects included.
+    #[arg(long, env = "PHOTOLABEL_URL_TIMEOUT", default_value_t = 15)]
+    pub url_timeout: u64,
+
+    /// Seconds to wait for a TCP connection to the image host.
+    #[arg(long, env = "PHOTOLABEL_URL_CONNECT_TIMEOUT", default_value_t = 5)]
+    pub url_connect_timeout: u64,
+
+    /// Redirects followed when downloading an image; each hop is checked
+    /// like the first URL.
+    #[arg(long, env = "PHOTOLABEL_MAX_REDIRECTS", default_value_t = 3)]
+    pub max_redirects: usize,
+
+    /// Seconds in-flight requests get to finish after SIGTERM or Ctrl-C.
+    #[arg(long, env = "PHOTOLABEL_SHUTDOWN_GRACE", default_value_t = 30)]
+    pub shutdown_grace: u64,
+}
+
+impl ServeArgs {
+    /// The defaults, as `--help` documents them (for tests and embedding).
+    pub fn defaults() -> Self {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Wrapper {
+            #[command(flatten)]
+            serve: ServeArgs,
+        }
+        Wrapper::parse_from(["photolabel"]).serve
+    }
+
+    pub fn fetch_config(&self) -> FetchConfig {
+        FetchConfig {
+            allow_private: self.allow_private_urls,
+            max_bytes: self.url_max_bytes,
+            total_timeout: Duration::from_secs(self.url_timeout),
+            connect_timeout: Duration::from_secs(self.url_connect_timeout),
+            max_redirects: self.max_redirects,
+            ..FetchConfig::default()
+        }
+    }
+}
+
+/// `photolabel keys`: manage API keys in the shared database.
+#[derive(Debug, Clone, Args)]
+pub struct KeysArgs {
+    #[command(flatten)]
+    pub store: StoreArgs,
+
+    #[command(subcommand)]
+    pub command: KeysCommand,
+}
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum KeysCommand {
+    /// Create a key and print it once on stdout (it is stored only hashed).
+    Create {
+        /// A unique name for the customer or integration.
+        #[arg(long)]
+        name: String,
+        /// Requests per minute this key may make, e.g. `60/min` or `60`.
+        #[arg(long, value_parser = parse_rate_limit)]
+        rate_limit: Option<u32>,
+        /// Successful calls this key may make in total.
+        #[arg(long)]
+        quota: Option<u64>,
+    },
+    /// List keys: id, name, created, revoked, usage (never the key itself).
+    List,
+    /// Revoke a key by id or name; it gets 401 from then on.
+    Revoke {
+        /// The key's id (from `keys list`) or its name.
+        id_or_name: String,
+    },
+}
+
+/// Accepts `N`, `N/min` or `N/m`.
+fn parse_rate_limit(s: &str) -> Result<u32, String> {
+    let number = s
+        .strip_suffix("/min")
+        .or_else(|| s.strip_suffix("/m"))
+        .unwrap_or(s)
+        .trim();
+    match number.parse::<u32>() {
+        Ok(n) if n > 0 => Ok(n),
+        _ => Err(format!(
+            "expected a positive number of requests per minute like `60/min`, got `{s}`"
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rate_limit_forms() {
+        assert_eq!(parse_rate_limit("60/min"), Ok(60));
+        assert_eq!(parse_rate_limit("5"), Ok(5));
+        assert!(parse_rate_limit("0/min").is_err());
+        assert!(parse_rate_limit("many").is_err());
+    }
+
+    #[test]
+    fn defaults_match_the_contract() {
+        let args = ServeArgs::defaults();
+        assert_eq!(args.bind.to_string(), "127.0.0.1:8080");
+        assert_eq!(args.second_scene_threshold, 70.0);
+        assert_eq!(args.max_redirects, 3);
+        assert!(!args.allow_private_urls);
+    }
+}

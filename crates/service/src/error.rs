@@ -1,0 +1,174 @@
+//! Every error a client can see, written down once: its status and its body.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde_json::{json, Value};
+
+/// The contract's body for an upload that is not a decodable JPEG or PNG.
+pub const INVALID_IMAGE_DETAIL: &str =
+    "Please upload an image with one of the following formats: .jpg, .jpeg or .png";
+/// The contract's body for every refused URL.
+pub const INVALID_URL_DETAIL: &str = "The URL is not valid";
+/// What an unknown or revoked key gets (the contract asks for a sentence).
+pub const INVALID_KEY_OUTPUT: &str =
+    "The API key in the x-api-key header is not valid: it is unknown or has been revoked.";
+
+/// The request field a 422 names in its `loc`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MissingField {
+    Image,
+    Url,
+}
+
+impl MissingField {
+    fn name(self) -> &'static str {
+        match self {
+            MissingField::Image => "image",
+            MissingField::Url => "url",
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("upload is not a decodable image")]
+    InvalidImage,
+    #[error("URL refused or did not lead to an image")]
+    InvalidUrl,
+    #[error("unknown or revoked API key")]
+    InvalidKey,
+    #[error("no x-api-key header")]
+    MissingKey,
+    #[error("request body larger than {limit} bytes")]
+    PayloadTooLarge { limit: usize },
+    #[error("request field `{}` missing or malformed", .0.name())]
+    MissingField(MissingField),
+    #[error("rate limit of {per_minute} requests per minute reached")]
+    RateLimited { per_minute: u32 },
+    #[error("quota of {quota} calls used up")]
+    QuotaExhausted { quota: u64 },
+    #[error("model queue full")]
+    Overloaded,
+    #[error("model not loaded yet")]
+    NotReady,
+    #[error("request body arrived too slowly")]
+    BodyTimeout,
+    #[error("request took too long")]
+    RequestTimeout,
+    #[error("not found")]
+    NotFound,
+    #[error("method not allowed")]
+    MethodNotAllowed,
+    /// Anything unexpected; the cause is logged, never sent.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl ApiError {
+    pub fn internal(cause: impl std::fmt::Display) -> Self {
+        ApiError::Internal(cause.to_string())
+    }
+
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::InvalidImage | ApiError::InvalidUrl => StatusCode::BAD_REQUEST,
+            ApiError::InvalidKey => StatusCode::UNAUTHORIZED,
+            ApiError::MissingKey => StatusCode::FORBIDDEN,
+            ApiError::NotFound => StatusCode::NOT_FOUND,
+            ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
+            ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::MissingField(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::RateLimited { .. } | ApiError::QuotaExhausted { .. } => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
+            ApiError::Overloaded | ApiError::NotReady | ApiError::RequestTimeout => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// The JSON body the client receives.
+    pub fn body(&self) -> Value {
+        match self {
+            ApiError::InvalidImage => json!({ "detail": INVALID_IMAGE_DETAIL }),
+            ApiError::InvalidUrl => json!({ "detail": INVALID_URL_DETAIL }),
+            ApiError::InvalidKey => json!({ "Output": INVALID_KEY_OUTPUT }),
+            ApiError::MissingKey => json!({ "message": "Missing Authentication Token" }),
+            ApiError::PayloadTooLarge { limit } => json!({
+                "detail": format!("The request body is larger than the limit of {limit} bytes")
+            }),
+            ApiError::MissingField(field) => json!({
+                "detail": [{
+                    "loc": ["body", field.name()],
+                    "msg": "field required",
+                    "type": "value_error.missing",
+                }]
+            }),
+            ApiError::RateLimited { per_minute } => json!({
+                "detail": format!(
+                    "Rate limit exceeded: this key may make {per_minute} requests per minute"
+                )
+            }),
+            ApiError::QuotaExhausted { quota } => json!({
+                "detail": format!("Quota exceeded: this key has used all of its {quota} calls")
+            }),
+            ApiError::Overloaded => json!({
+                "detail": "The server is busy labelling other photos; retry shortly"
+            }),
+            ApiError::NotReady => json!({
+                "detail": "The model is still loading; retry shortly"
+            }),
+            ApiError::BodyTimeout => json!({
+                "detail": "The request body was not received in time"
+            }),
+            ApiError::RequestTimeout => json!({
+                "detail": "The request took too long to process; retry shortly"
+            }),
+            ApiError::NotFound => json!({ "detail": "Not Found" }),
+            ApiError::MethodNotAllowed => json!({ "detail": "Method Not Allowed" }),
+            ApiError::Internal(_) => json!({ "message": "Internal server error" }),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        if let ApiError::Internal(cause) = &self {
+            tracing::error!(%cause, "internal error");
+        }
+        let mut response = (self.status(), axum::Json(self.body())).into_response();
+        if matches!(
+            self,
+            ApiError::Overloaded | ApiError::NotReady | ApiError::RequestTimeout
+        ) {
+            response.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                axum::http::HeaderValue::from_static("1"),
+            );
+        }
+        response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn contract_bodies() {
+        assert_eq!(
+            ApiError::MissingField(MissingField::Url).body().to_string(),
+            r#"{"detail":[{"loc":["body","url"],"msg":"field required","type":"value_error.missing"}]}"#
+        );
+        assert_eq!(
+            ApiError::MissingKey.body().to_string(),
+            r#"{"message":"Missing Authentication Token"}"#
+        );
+        assert_eq!(
+            ApiError::internal("x").body().to_string(),
+            r#"{"message":"Internal server error"}"#
+        );
+    }
+}

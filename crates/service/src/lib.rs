@@ -1,0 +1,33 @@
+//! photolabel's HTTP service: the Altum-compatible labelling API, API keys
+//! and the usage ledger, safe URL fetching, and the model worker.
+//!
+//! The binary calls [`run_serve`] (or [`run_serve_loading`]) for
+//! `photolabel serve` and [`run_keys`] for `photolabel keys`, with the clap
+//! argument structs [`ServeArgs`] and [`KeysArgs`].
+//!
+//! - [`api`]: router and handlers; [`error`]: every client-visible error.
+//! - [`auth`]: `x-api-key`, rate limits, quotas; [`keys`]: key generation
+//!   and hashing; [`store`]: the key database and ledger (SQLite).
+//! - [`worker`]: the thread that owns the model, behind a bounded queue.
+//! - [`fetch`]: downloading images for `/labelling/url` without SSRF.
+//! - [`limits`]: body size and timeouts; [`server`]: listener and shutdown.
+
+pub mod api;
+pub mod auth;
+pub mod cli;
+pub mod config;
+mod docs;
+pub mod error;
+pub mod fetch;
+pub mod keys;
+pub mod limits;
+pub mod openapi;
+pub mod server;
+pub mod store;
+pub mod telemetry;
+pub mod worker;
+
+pub use cli::run_keys;
+pub use config::{KeysArgs, KeysCommand, ServeArgs, StoreArgs};
+pub use error::ApiError;
+pub use server::{run_serve, run_serve_loading, Server};

@@ -1,0 +1,269 @@
+//! The model worker: one OS thread owns the model; handlers reach it through
+//! a bounded queue and get their answer on a oneshot channel.
+//!
+//! A request first *reserves* a slot ([`WorkerHandle::reserve`]) and only then
+//! decodes its photo (on tokio's blocking pool, so decoding overlaps
+//! inference) and hands it over. When every slot is taken the request is
+//! refused at once with 503: memory stays bounded by the queue capacity and
+//! no CPU is spent decoding photos that could not be labelled anyway.
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::time::Instant;
+
+use photolabel_taxonomy::StageProbabilities;
+use photolabel_vision::{Labeller, Prepared, Preprocessing};
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::error::ApiError;
+
+/// What the worker needs from a model. [`Labeller`] is the real one; tests
+/// use stand-ins that answer fixed probabilities or block on purpose.
+pub trait Model: Send + 'static {
+    fn engine_name(&self) -> String;
+    fn preprocessing(&self) -> Preprocessing;
+    /// One result per photo, in order.
+    fn label(&mut self, batch: &[Prepared]) -> Result<Vec<StageProbabilities>, String>;
+}
+
+impl Model for Labeller {
+    fn engine_name(&self) -> String {
+        Labeller::engine_name(self).to_owned()
+    }
+
+    fn preprocessing(&self) -> Preprocessing {
+        Labeller::preprocessing(self)
+    }
+
+    fn label(&mut self, batch: &[Prepared]) -> Result<Vec<StageProbabilities>, String> {
+        Labeller::label(self, batch).map_err(|e| e.to_string())
+    }
+}
+
+/// What is known about the model once it is loaded.
+#[derive(Debug, Clone)]
+pub struct ModelInfo {
+    pub engine: String,
+    pub preprocessing: Preprocessing,
+}
+
+#[derive(Debug, Clone)]
+pub enum ModelState {
+    Loading,
+    Ready(ModelInfo),
+    Failed(String),
+}
+
+struct Job {
+    prepared: Prepared,
+    reply: oneshot::Sender<Result<StageProbabilities, String>>,
+}
+
+/// The handlers' side of the worker. Cheap to clone.
+#[derive(Clone)]
+pub struct WorkerHandle {
+    sender: mpsc::Sender<Job>,
+    state: watch::Receiver<ModelState>,
+    capacity: usize,
+}
+
+/// A reserved place in the queue; dropping it gives the place back.
+pub struct Slot {
+    permit: mpsc::OwnedPermit<Job>,
+    preprocessing: Preprocessing,
+    handle: WorkerHandle,
+}
+
+impl Slot {
+    pub fn preprocessing(&self) -> Preprocessing {
+        self.preprocessing
+    }
+
+    /// Hands the photo to the worker and waits for its probabilities.
+    pub async fn label(self, prepared: Prepared) -> Result<StageProbabilities, ApiError> {
+        let (reply, answer) = oneshot::channel();
+        let handle = self.handle;
+        self.permit.send(Job { prepared, reply });
+        handle.report_depth();
+        match answer.await {
+            Ok(Ok(probabilities)) => Ok(probabilities),
+            Ok(Err(cause)) => Err(ApiError::Internal(format!("inference failed: {cause}"))),
+            Err(_) => Err(ApiError::internal("model worker stopped")),
+        }
+    }
+}
+
+impl WorkerHandle {
+    pub fn state(&self) -> ModelState {
+        self.state.borrow().clone()
+    }
+
+    /// Waits until the model is loaded or failed to load.
+    pub async fn wait_loaded(&self) -> ModelState {
+        let mut state = self.state.clone();
+        let result = state
+            .wait_for(|s| !matches!(s, ModelState::Loading))
+            .await
+            .map(|s| s.clone());
+        result.unwrap_or_else(|_| ModelState::Failed("model worker stopped".into()))
+    }
+
+    /// Photos reserved or waiting for the model right now.
+    pub fn depth(&self) -> usize {
+        self.capacity.saturating_sub(self.sender.capacity())
+    }
+
+    fn report_depth(&self) {
+        metrics::gauge!("photolabel_queue_depth").set(self.depth() as f64);
+    }
+
+    /// Takes a place in the queue, or refuses at once: 503 while the model
+    /// loads or when every place is taken.
+    pub fn reserve(&self) -> Result<Slot, ApiError> {
+        let preprocessing = match &*self.state.borrow() {
+            ModelState::Ready(info) => info.preprocessing,
+            ModelState::Loading => return Err(ApiError::NotReady),
+            ModelState::Failed(cause) => {
+                return Err(ApiError::Internal(format!("model failed to load: {cause}")))
+            }
+        };
+        let permit = match self.sender.clone().try_reserve_owned() {
+            Ok(permit) => permit,
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                metrics::counter!("photolabel_queue_rejections_total").increment(1);
+                return Err(ApiError::Overloaded);
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                return Err(ApiError::internal("model worker stopped"))
+            }
+        };
+        self.report_depth();
+        Ok(Slot {
+            permit,
+            preprocessing,
+            handle: self.clone(),
+        })
+    }
+}
+
+/// Starts the worker thread. `load` runs on that thread, so the server can
+/// listen (and say "not ready" on `/health`) while the model loads. The
+/// thread ends when every [`WorkerHandle`] is dropped.
+pub fn spawn_worker<M, F>(
+    load: F,
+    capacity: usize,
+    max_batch: usize,
+) -> std::io::Result<(WorkerHandle, std::thread::JoinHandle<()>)>
+where
+    M: Model,
+    F: FnOnce() -> Result<M, String> + Send + 'static,
+{
+    let capacity = capacity.max(1);
+    let max_batch = max_batch.max(1);
+    let (sender, receiver) = mpsc::channel(capacity);
+    let (state_tx, state_rx) = watch::channel(ModelState::Loading);
+    let handle = WorkerHandle {
+        sender,
+        state: state_rx,
+        capacity,
+    };
+    let depth_handle = handle.clone();
+    let thread = std::thread::Builder::new()
+        .name("photolabel-model".into())
+        .spawn(move || {
+            let started = Instant::now();
+            let model = match catch_unwind(AssertUnwindSafe(load)) {
+                Ok(Ok(model)) => model,
+                Ok(Err(cause)) => {
+                    tracing::error!(%cause, "model failed to load");
+                    state_tx.send_replace(ModelState::Failed(cause));
+                    return;
+                }
+                Err(_) => {
+                    tracing::error!("model loading panicked");
+                    state_tx.send_replace(ModelState::Failed("model loading panicked".into()));
+                    return;
+                }
+            };
+            let info = ModelInfo {
+                engine: model.engine_name(),
+                preprocessing: model.preprocessing(),
+            };
+            tracing::info!(
+                engine = %info.engine,
+                seconds = started.elapsed().as_secs_f64(),
+                "model loaded"
+            );
+            state_tx.send_replace(ModelState::Ready(info));
+            // Only the depth reporting needs a handle; it must not keep the
+            // channel open, so keep a weak sender.
+            let weak = depth_handle.sender.downgrade();
+            drop(depth_handle);
+            run(model, receiver, max_batch, capacity, weak);
+        })?;
+    Ok((handle, thread))
+}
+
+fn run<M: Model>(
+    mut model: M,
+    mut receiver: mpsc::Receiver<Job>,
+    max_batch: usize,
+    capacity: usize,
+    weak: mpsc::WeakSender<Job>,
+) {
+    let report = |weak: &mpsc::WeakSender<Job>| {
+        if let Some(sender) = weak.upgrade() {
+            let depth = capacity.saturating_sub(sender.capacity());
+            metrics::gauge!("photolabel_queue_depth").set(depth as f64);
+        }
+    };
+    while let Some(first) = receiver.blocking_recv() {
+        let mut jobs = vec![first];
+        while jobs.len() < max_batch {
+            match receiver.try_recv() {
+                Ok(job) => jobs.push(job),
+                Err(_) => break,
+            }
+        }
+        report(&weak);
+        // A client that went away needs no answer.
+        jobs.retain(|job| !job.reply.is_closed());
+        if jobs.is_empty() {
+            continue;
+        }
+        let (batch, replies): (Vec<Prepared>, Vec<_>) =
+            jobs.into_iter().map(|job| (job.prepared, job.reply)).unzip();
+        let started = Instant::now();
+        let result = catch_unwind(AssertUnwindSafe(|| model.label(&batch)));
+        metrics::histogram!("photolabel_inference_seconds").record(started.elapsed().as_secs_f64());
+        metrics::histogram!("photolabel_batch_size").record(batch.len() as f64);
+        match result {
+            Ok(Ok(results)) if results.len() == replies.len() => {
+                for (reply, probabilities) in replies.into_iter().zip(results) {
+                    let _ = reply.send(Ok(probabilities));
+                }
+            }
+            Ok(Ok(results)) => {
+                let cause = format!(
+                    "model returned {} results for {} photos",
+                    results.len(),
+                    replies.len()
+                );
+                for reply in replies {
+                    let _ = reply.send(Err(cause.clone()));
+                }
+            }
+            Ok(Err(cause)) => {
+                for reply in replies {
+                    let _ = reply.send(Err(cause.clone()));
+                }
+            }
+            Err(_) => {
+                tracing::error!("model panicked during inference");
+                for reply in replies {
+                    let _ = reply.send(Err("model panicked".into()));
+                }
+            }
+        }
+    }
+    tracing::info!("model worker stopped");
+}

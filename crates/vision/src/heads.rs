@@ -1,0 +1,305 @@
+//! The trained heads: one linear softmax classifier per stage on the
+//! backbone's embedding, each with its calibration temperature, stored in a
+//! small versioned JSON file bound to the backbone it was trained on.
+
+use std::path::Path;
+
+use ndarray::{Array1, Array2, ArrayView1};
+use photolabel_taxonomy::{
+    Distribution, ImageClass, RoomClass, RoomSubclass, SceneClass, StageProbabilities, TaxonomyClass,
+};
+use serde::{Deserialize, Serialize};
+
+use crate::backbone::EMBEDDING_DIM;
+use crate::image::Preprocessing;
+
+/// The heads compiled into the binary; they belong to the embedded backbone.
+pub static EMBEDDED_HEADS: &str = include_str!("../../../models/heads.json");
+
+/// Identifies the file type; bumped when the layout changes.
+pub const HEADS_FORMAT: &str = "photolabel-heads/1";
+
+#[derive(Debug, thiserror::Error)]
+pub enum HeadsError {
+    #[error("cannot read heads file {path}: {source}")]
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("heads file is not valid: {0}")]
+    Invalid(String),
+    #[error(
+        "these heads were trained for backbone sha256 {expected}, but the loaded backbone is {actual}; \
+         retrain them with `photolabel train` or load the backbone they belong to"
+    )]
+    BackboneMismatch { expected: String, actual: String },
+}
+
+/// One linear softmax classifier: `softmax((W·x + b) / T)`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct LinearHead {
+    /// Class names in output order (the taxonomy's wire names).
+    pub classes: Vec<String>,
+    /// `[classes][EMBEDDING_DIM]`.
+    pub weights: Vec<Vec<f32>>,
+    pub bias: Vec<f32>,
+    /// Calibration temperature fitted on held-out photos (> 0).
+    pub temperature: f32,
+}
+
+impl LinearHead {
+    /// Logits before temperature, one per class.
+    pub fn logits(&self, embedding: ArrayView1<'_, f32>) -> Vec<f32> {
+        self.weights
+            .iter()
+            .zip(&self.bias)
+            .map(|(w, b)| w.iter().zip(embedding.iter()).map(|(w, x)| w * x).sum::<f32>() + b)
+            .collect()
+    }
+
+    /// Calibrated probabilities, one per class.
+    pub fn probabilities(&self, embedding: ArrayView1<'_, f32>) -> Vec<f64> {
+        let logits = self.logits(embedding);
+        softmax(&logits, self.temperature)
+    }
+
+    /// The weight matrix as an array, for batch evaluation.
+    pub fn weight_matrix(&self) -> Array2<f32> {
+        let rows = self.weights.len();
+        let flat: Vec<f32> = self.weights.iter().flatten().copied().collect();
+        Array2::from_shape_vec((rows, EMBEDDING_DIM), flat).expect("validated on load")
+    }
+
+    pub fn bias_vector(&self) -> Array1<f32> {
+        Array1::from(self.bias.clone())
+    }
+
+    fn validate<C: TaxonomyClass>(&self) -> Result<(), HeadsError> {
+        let expected: Vec<&str> = C::ALL.iter().map(|c| c.name()).collect();
+        if self.classes != expected {
+            return Err(HeadsError::Invalid(format!(
+                "{} head has classes {:?}, expected {:?}",
+                C::STAGE,
+                self.classes,
+                expected
+            )));
+        }
+        if self.weights.len() != expected.len()
+            || self.bias.len() != expected.len()
+            || self.weights.iter().any(|row| row.len() != EMBEDDING_DIM)
+        {
+            return Err(HeadsError::Invalid(format!(
+                "{} head must have {} rows of {EMBEDDING_DIM} weights and {} biases",
+                C::STAGE,
+                expected.len(),
+                expected.len()
+            )));
+        }
+        let finite = self.weights.iter().flatten().chain(&self.bias).all(|v| v.is_finite());
+        if !finite || !(self.temperature.is_finite() && self.temperature > 0.0) {
+            return Err(HeadsError::Invalid(format!(
+                "{} head has non-finite weights or a non-positive temperature",
+                C::STAGE
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// Numerically stable `softmax(logits / temperature)` in f64.
+pub fn softmax(logits: &[f32], temperature: f32) -> Vec<f64> {
+    let t = f64::from(temperature);
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let exps: Vec<f64> = logits
+        .iter()
+        .map(|l| ((f64::from(*l) - f64::from(max)) / t).exp())
+        .collect();
+    let total: f64 = exps.iter().sum();
+    exps.into_iter().map(|e| e / total).collect()
+}
+
+/// How the room subclass is decided. The training data has photos of
+/// `hall_corridor` only, so no classifier can be trained for it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum SubclassRule {
+    /// Always this subclass: `room` and `scullery` are never predicted.
+    Constant { class: String },
+}
+
+/// What `photolabel train` records about a heads file, for the model card.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+pub struct TrainingRecord {
+    pub labels: String,
+    pub rows_fit: usize,
+    pub rows_calibration: usize,
+    pub l2: f64,
+    #[serde(default)]
+    pub notes: Vec<String>,
+}
+
+/// The heads file.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Heads {
+    pub format: String,
+    /// sha256 of the backbone ONNX file these heads were trained on.
+    pub backbone_sha256: String,
+    pub preprocessing: Preprocessing,
+    pub image: LinearHead,
+    pub room: LinearHead,
+    pub scene: LinearHead,
+    pub subclass: SubclassRule,
+    pub training: TrainingRecord,
+}
+
+impl Heads {
+    pub fn embedded() -> Result<Self, HeadsError> {
+        Self::from_json(EMBEDDED_HEADS)
+    }
+
+    pub fn from_file(path: &Path) -> Result<Self, HeadsError> {
+        let text = std::fs::read_to_string(path).map_err(|source| HeadsError::Io {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Self::from_json(&text)
+    }
+
+    pub fn from_json(text: &str) -> Result<Self, HeadsError> {
+        let heads: Heads =
+            serde_json::from_str(text).map_err(|e| HeadsError::Invalid(e.to_string()))?;
+        heads.validate()?;
+        Ok(heads)
+    }
+
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).expect("heads serialise")
+    }
+
+    pub fn validate(&self) -> Result<(), HeadsError> {
+        if self.format != HEADS_FORMAT {
+            return Err(HeadsError::Invalid(format!(
+                "format {:?} is not {HEADS_FORMAT:?}",
+                self.format
+            )));
+        }
+        self.image.validate::<ImageClass>()?;
+        self.room.validate::<RoomClass>()?;
+        self.scene.validate::<SceneClass>()?;
+        let SubclassRule::Constant { class } = &self.subclass;
+        RoomSubclass::from_name(class).map_err(|e| HeadsError::Invalid(e.to_string()))?;
+        Ok(())
+    }
+
+    /// Refuses heads trained on another backbone: their numbers would be
+    /// silently meaningless.
+    pub fn check_backbone(&self, backbone_sha256: &str) -> Result<(), HeadsError> {
+        if self.backbone_sha256 != backbone_sha256 {
+            return Err(HeadsError::BackboneMismatch {
+                expected: self.backbone_sha256.clone(),
+                actual: backbone_sha256.to_owned(),
+            });
+        }
+        Ok(())
+    }
+
+    /// All stages' probabilities for one embedding.
+    pub fn stage_probabilities(&self, embedding: ArrayView1<'_, f32>) -> StageProbabilities {
+        let SubclassRule::Constant { class } = &self.subclass;
+        let subclass = RoomSubclass::from_name(class).expect("validated on load");
+        StageProbabilities {
+            image: distribution(self.image.probabilities(embedding)),
+            room: distribution(self.room.probabilities(embedding)),
+            subclass: Distribution::certain(subclass),
+            scene: distribution(self.scene.probabilities(embedding)),
+        }
+    }
+}
+
+fn distribution<C: TaxonomyClass>(probabilities: Vec<f64>) -> Distribution<C> {
+    Distribution::new(probabilities).expect("heads are validated against the taxonomy on load")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ndarray::Array1;
+
+    fn head<C: TaxonomyClass>(hot: usize) -> LinearHead {
+        let k = C::ALL.len();
+        let mut weights = vec![vec![0.0; EMBEDDING_DIM]; k];
+        weights[hot][0] = 4.0;
+        LinearHead {
+            classes: C::ALL.iter().map(|c| c.name().to_owned()).collect(),
+            weights,
+            bias: vec![0.0; k],
+            temperature: 1.0,
+        }
+    }
+
+    fn heads() -> Heads {
+        Heads {
+            format: HEADS_FORMAT.into(),
+            backbone_sha256: "abc".into(),
+            preprocessing: Preprocessing {
+                view: crate::image::View::Squash,
+                flip: true,
+            },
+            image: head::<ImageClass>(1),
+            room: head::<RoomClass>(1),
+            scene: head::<SceneClass>(3),
+            subclass: SubclassRule::Constant {
+                class: "hall_corridor".into(),
+            },
+            training: TrainingRecord::default(),
+        }
+    }
+
+    #[test]
+    fn round_trips_and_predicts() {
+        let h = Heads::from_json(&heads().to_json()).unwrap();
+        let mut x = Array1::<f32>::zeros(EMBEDDING_DIM);
+        x[0] = 1.0;
+        let p = h.stage_probabilities(x.view());
+        assert_eq!(p.image.top().0, ImageClass::Outdoor);
+        assert_eq!(p.scene.top().0, SceneClass::BalconyGarden);
+        assert_eq!(p.subclass.top(), (RoomSubclass::HallCorridor, 1.0));
+        // softmax([0, 4, 0]) = e^4 / (e^4 + 2)
+        let want = 4f64.exp() / (4f64.exp() + 2.0);
+        assert!((p.image.top().1 - want).abs() < 1e-9);
+    }
+
+    #[test]
+    fn temperature_softens() {
+        assert!(softmax(&[0.0, 2.0], 2.0)[1] < softmax(&[0.0, 2.0], 1.0)[1]);
+        let p = softmax(&[1000.0, 0.0], 1.0);
+        assert!(p[0].is_finite() && (p[0] - 1.0).abs() < 1e-12, "no overflow");
+    }
+
+    #[test]
+    fn refuses_other_backbone() {
+        let err = heads().check_backbone("def").unwrap_err();
+        assert!(err.to_string().contains("trained for backbone sha256 abc"), "{err}");
+        heads().check_backbone("abc").unwrap();
+    }
+
+    #[test]
+    fn refuses_malformed_files() {
+        let mut h = heads();
+        h.room.classes.swap(0, 1);
+        assert!(Heads::from_json(&h.to_json()).is_err(), "class order matters");
+        let mut h = heads();
+        h.scene.weights[0].pop();
+        assert!(Heads::from_json(&h.to_json()).is_err());
+        let mut h = heads();
+        h.image.temperature = 0.0;
+        assert!(Heads::from_json(&h.to_json()).is_err());
+        let mut h = heads();
+        h.format = "photolabel-heads/0".into();
+        assert!(Heads::from_json(&h.to_json()).is_err());
+        let mut h = heads();
+        h.subclass = SubclassRule::Constant { class: "garage".into() };
+        assert!(Heads::from_json(&h.to_json()).is_err());
+        assert!(Heads::from_json("{}").is_err());
+    }
+}

@@ -1,0 +1,160 @@
+//! The labeller: one backbone engine plus the heads trained on it.
+
+use std::path::PathBuf;
+
+use ndarray::{s, Array2, Array4, Axis};
+use photolabel_taxonomy::StageProbabilities;
+
+use crate::backbone::{load_backbone, Backbone, BackboneModel, EngineConfig, EngineError, EMBEDDING_DIM, INPUT_SIZE};
+use crate::heads::{Heads, HeadsError};
+use crate::image::{Prepared, Preprocessing};
+
+#[derive(Debug, thiserror::Error)]
+pub enum LabellerError {
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    #[error(transparent)]
+    Heads(#[from] HeadsError),
+    #[error("photo {index} of the batch has {views} views, expected {expected}")]
+    ViewMismatch {
+        index: usize,
+        views: usize,
+        expected: usize,
+    },
+}
+
+/// Which model files to load and how to run them. The default is the
+/// backbone and heads compiled into the binary, on ONNX Runtime if present.
+#[derive(Debug, Clone, Default)]
+pub struct ModelConfig {
+    /// A backbone ONNX file instead of the embedded one.
+    pub backbone: Option<PathBuf>,
+    /// A heads file instead of the embedded one.
+    pub heads: Option<PathBuf>,
+    pub engine: EngineConfig,
+}
+
+/// The backbone engine with the preprocessing its embeddings are made with:
+/// what `photolabel train` needs before any heads exist.
+pub struct Embedder {
+    backbone: Box<dyn Backbone>,
+    preprocessing: Preprocessing,
+    backbone_sha256: String,
+}
+
+impl Embedder {
+    pub fn load(config: &ModelConfig, preprocessing: Preprocessing) -> Result<Self, LabellerError> {
+        let model = load_model(config)?;
+        Self::new(&model, config, preprocessing)
+    }
+
+    fn new(model: &BackboneModel, config: &ModelConfig, preprocessing: Preprocessing) -> Result<Self, LabellerError> {
+        Ok(Self {
+            backbone: load_backbone(model, &config.engine)?,
+            preprocessing,
+            backbone_sha256: model.sha256.clone(),
+        })
+    }
+
+    pub fn preprocessing(&self) -> Preprocessing {
+        self.preprocessing
+    }
+
+    pub fn engine_name(&self) -> &'static str {
+        self.backbone.name()
+    }
+
+    pub fn backbone_sha256(&self) -> &str {
+        &self.backbone_sha256
+    }
+
+    /// Embeddings `[photos, 1280]` of a batch: the backbone runs every view
+    /// of every photo in one call, and each photo's views are averaged.
+    pub fn embed(&mut self, batch: &[Prepared]) -> Result<Array2<f32>, LabellerError> {
+        let views = batch.first().map_or(1, |p| p.tensor.shape()[0]);
+        if let Some((index, bad)) = batch.iter().enumerate().find(|(_, p)| p.tensor.shape()[0] != views) {
+            return Err(LabellerError::ViewMismatch {
+                index,
+                views: bad.tensor.shape()[0],
+                expected: views,
+            });
+        }
+        if batch.is_empty() {
+            return Ok(Array2::zeros((0, EMBEDDING_DIM)));
+        }
+        let input = if batch.len() == 1 {
+            batch[0].tensor.clone()
+        } else {
+            let mut input = Array4::<f32>::zeros((batch.len() * views, 3, INPUT_SIZE, INPUT_SIZE));
+            for (i, photo) in batch.iter().enumerate() {
+                input.slice_mut(s![i * views..(i + 1) * views, .., .., ..]).assign(&photo.tensor);
+            }
+            input
+        };
+        let output = self.backbone.infer(input.view())?;
+        let embedding = output
+            .embedding
+            .into_shape_with_order((batch.len(), views, EMBEDDING_DIM))
+            .map_err(|e| EngineError::Inference(e.to_string()))?
+            .mean_axis(Axis(1))
+            .expect("at least one view");
+        Ok(embedding)
+    }
+}
+
+fn load_model(config: &ModelConfig) -> Result<BackboneModel, LabellerError> {
+    Ok(match &config.backbone {
+        Some(path) => BackboneModel::from_file(path)?,
+        None => BackboneModel::embedded(),
+    })
+}
+
+/// Owns the model. Not `Sync`: exactly one inference worker holds it.
+pub struct Labeller {
+    embedder: Embedder,
+    heads: Heads,
+}
+
+impl Labeller {
+    /// Loads the backbone and heads, refusing heads made for another backbone.
+    pub fn load(config: &ModelConfig) -> Result<Self, LabellerError> {
+        let model = load_model(config)?;
+        let heads = match &config.heads {
+            Some(path) => Heads::from_file(path)?,
+            None => Heads::embedded()?,
+        };
+        heads.check_backbone(&model.sha256)?;
+        let embedder = Embedder::new(&model, config, heads.preprocessing)?;
+        Ok(Self { embedder, heads })
+    }
+
+    /// The preprocessing the heads were trained with; `prepare` must use it.
+    pub fn preprocessing(&self) -> Preprocessing {
+        self.embedder.preprocessing
+    }
+
+    pub fn engine_name(&self) -> &'static str {
+        self.embedder.engine_name()
+    }
+
+    pub fn backbone_sha256(&self) -> &str {
+        self.embedder.backbone_sha256()
+    }
+
+    pub fn heads(&self) -> &Heads {
+        &self.heads
+    }
+
+    pub fn embedder_mut(&mut self) -> &mut Embedder {
+        &mut self.embedder
+    }
+
+    /// Labels a batch of prepared photos (one result per photo, same order).
+    pub fn label(&mut self, batch: &[Prepared]) -> Result<Vec<StageProbabilities>, LabellerError> {
+        let embedding = self.embedder.embed(batch)?;
+        Ok(embedding
+            .outer_iter()
+            .map(|row| self.heads.stage_probabilities(row))
+            .collect())
+    }
+}

@@ -1,0 +1,23 @@
+//! Vision: photo bytes → pixels → backbone embedding → per-stage probabilities.
+//!
+//! - [`image`]: decoding (with caps on bytes and pixels, EXIF orientation,
+//!   DCT-domain downscaling) and preprocessing to the backbone's input tensor.
+//! - [`backbone`]: the [`Backbone`] trait and its two engines, ONNX Runtime
+//!   (default) and tract (pure Rust fallback).
+//! - [`heads`]: the trained linear heads and their versioned file.
+//! - [`train`]: softmax regression and temperature scaling for `photolabel train`.
+//! - [`labeller`]: ties them together for one inference worker.
+
+pub mod backbone;
+pub mod heads;
+pub mod image;
+pub mod labeller;
+pub mod train;
+
+pub use backbone::{
+    Backbone, BackboneModel, BackboneOutput, EngineConfig, EngineError, EngineKind, EMBEDDING_DIM,
+    INPUT_SIZE,
+};
+pub use heads::{Heads, HeadsError};
+pub use image::{prepare, ImageError, ImageLimits, Prepared, Preprocessing, View};
+pub use labeller::{Embedder, Labeller, LabellerError, ModelConfig};

@@ -1,0 +1,63 @@
+//! The command line: one module per subcommand.
+
+pub mod bench;
+pub mod eval;
+pub mod label;
+pub mod train;
+
+use std::path::PathBuf;
+
+use clap::Args;
+use photolabel_vision::{EngineConfig, EngineKind, ImageLimits, Labeller, ModelConfig};
+
+/// Which model to load and how to run it (shared by every subcommand).
+#[derive(Debug, Clone, Args)]
+pub struct ModelArgs {
+    /// Inference engine: `auto` (ONNX Runtime, or tract with a warning when
+    /// its library cannot be loaded), `ort` or `tract`.
+    #[arg(long, env = "PHOTOLABEL_ENGINE", default_value = "auto")]
+    pub engine: EngineKind,
+    /// Threads for one ONNX Runtime inference (0 = one per core).
+    #[arg(long, env = "PHOTOLABEL_THREADS", default_value_t = 0)]
+    pub threads: usize,
+    /// Backbone ONNX file instead of the one built into the binary.
+    #[arg(long, env = "PHOTOLABEL_BACKBONE")]
+    pub backbone: Option<PathBuf>,
+    /// Heads file instead of the one built into the binary (must be trained
+    /// for the loaded backbone).
+    #[arg(long, env = "PHOTOLABEL_HEADS")]
+    pub heads: Option<PathBuf>,
+    /// ONNX Runtime shared library (default: $ORT_DYLIB_PATH, next to the
+    /// binary, or .cache/onnxruntime/ of the source tree).
+    #[arg(long, env = "PHOTOLABEL_ONNXRUNTIME")]
+    pub onnxruntime: Option<PathBuf>,
+    /// Largest photo accepted, in pixels (width × height), checked before decoding.
+    #[arg(long, env = "PHOTOLABEL_MAX_PIXELS", default_value_t = ImageLimits::default().max_pixels)]
+    pub max_pixels: u64,
+}
+
+impl ModelArgs {
+    pub fn config(&self) -> ModelConfig {
+        ModelConfig {
+            backbone: self.backbone.clone(),
+            heads: self.heads.clone(),
+            engine: EngineConfig {
+                kind: self.engine,
+                threads: self.threads,
+                onnxruntime: self.onnxruntime.clone(),
+            },
+        }
+    }
+
+    pub fn limits(&self) -> ImageLimits {
+        ImageLimits {
+            max_pixels: self.max_pixels,
+        }
+    }
+
+    pub fn load(&self) -> anyhow::Result<Labeller> {
+        let labeller = Labeller::load(&self.config())?;
+        tracing::info!(engine = labeller.engine_name(), backbone = &labeller.backbone_sha256()[..16], "model loaded");
+        Ok(labeller)
+    }
+}

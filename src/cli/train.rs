@@ -1,0 +1,218 @@
+//! `photolabel train`: fit the heads on a labelled photo set.
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Context};
+use clap::Args;
+use ndarray::{Array2, Axis};
+use photolabel_taxonomy::{ImageClass, RoomClass, SceneClass, TaxonomyClass};
+use photolabel_vision::heads::{Heads, LinearHead, SubclassRule, TrainingRecord, HEADS_FORMAT};
+use photolabel_vision::train::{
+    argmax_rows, fit_temperature, in_calibration_holdout, nll, Dataset, FitOptions, SoftmaxRegression,
+    Standardiser,
+};
+use photolabel_vision::{Embedder, Preprocessing, View};
+
+use super::ModelArgs;
+use crate::dataset::{read_labels, LabelledPhoto};
+use crate::embedding::{embed_photos, progress_bar, EmbeddingCache, PhotoRef};
+
+/// Train the heads on a labels CSV (e.g. ../shared/data/labels.csv).
+///
+/// Photos whose file name falls in the calibration hold-out (about 15 %,
+/// chosen by a hash of the name) are kept out of the heads' fit: the L2
+/// strength and each head's temperature are chosen on them.
+#[derive(Debug, Args)]
+pub struct TrainArgs {
+    /// Labels CSV (paths relative to its folder).
+    #[arg(long)]
+    pub labels: PathBuf,
+    /// Only rows of this split (the CSV's `split` column).
+    #[arg(long, default_value = "train")]
+    pub split: String,
+    /// Where to write the heads file.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// How photos become the 260×260 input.
+    #[arg(long, value_parser = parse_view, default_value = "squash")]
+    pub view: View,
+    /// Also embed the mirrored photo and average (one more backbone pass).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub flip: bool,
+    /// Percent of photos held out for calibration.
+    #[arg(long, default_value_t = 15)]
+    pub holdout_percent: u32,
+    /// Cache embeddings here between runs (keyed by backbone and preprocessing).
+    #[arg(long)]
+    pub cache: Option<PathBuf>,
+    #[command(flatten)]
+    pub model: ModelArgs,
+}
+
+pub fn parse_view(s: &str) -> Result<View, String> {
+    match s {
+        "squash" => Ok(View::Squash),
+        "crop" | "centre_crop" | "center_crop" => Ok(View::CentreCrop),
+        other => Err(format!("unknown view {other:?} (expected squash or crop)")),
+    }
+}
+
+/// L2 strengths tried; the one with the lowest held-out NLL wins.
+const L2_GRID: [f64; 4] = [3e-4, 1e-3, 3e-3, 1e-2];
+
+pub fn run(args: TrainArgs) -> anyhow::Result<()> {
+    let photos = read_labels(&args.labels, Some(&args.split))?;
+    if photos.is_empty() {
+        bail!("{} has no rows in split {:?}", args.labels.display(), args.split);
+    }
+    let preprocessing = Preprocessing {
+        view: args.view,
+        flip: args.flip,
+    };
+    let mut embedder = Embedder::load(&args.model.config(), preprocessing)?;
+    let (embeddings, photos) = embed_labelled(&mut embedder, &photos, &args.model, args.cache.as_deref())?;
+
+    let holdout: Vec<bool> = photos
+        .iter()
+        .map(|p| in_calibration_holdout(p.file_name(), args.holdout_percent))
+        .collect();
+    let mut notes = Vec::new();
+    let image = train_head::<ImageClass>(&embeddings, &photos, &holdout, |p| Some(p.image_class), &mut notes)?;
+    let room = train_head::<RoomClass>(
+        &embeddings,
+        &photos,
+        &holdout,
+        |p| (p.image_class == ImageClass::Indoor).then_some(p.room).flatten(),
+        &mut notes,
+    )?;
+    let scene = train_head::<SceneClass>(
+        &embeddings,
+        &photos,
+        &holdout,
+        |p| (p.image_class == ImageClass::Outdoor).then_some(p.scene).flatten(),
+        &mut notes,
+    )?;
+    let heads = Heads {
+        format: HEADS_FORMAT.to_owned(),
+        backbone_sha256: embedder.backbone_sha256().to_owned(),
+        preprocessing,
+        image: image.0,
+        room: room.0,
+        scene: scene.0,
+        subclass: SubclassRule::Constant {
+            class: "hall_corridor".to_owned(),
+        },
+        training: TrainingRecord {
+            labels: format!("{} (split {})", args.labels.display(), args.split),
+            rows_fit: holdout.iter().filter(|h| !**h).count(),
+            rows_calibration: holdout.iter().filter(|h| **h).count(),
+            l2: image.1,
+            notes,
+        },
+    };
+    heads.validate()?;
+    std::fs::write(&args.out, heads.to_json() + "\n").with_context(|| format!("cannot write {}", args.out.display()))?;
+    eprintln!("wrote {}", args.out.display());
+    Ok(())
+}
+
+/// Embeds the labelled photos; photos that cannot be read are reported and
+/// left out (training on the rest).
+fn embed_labelled(
+    embedder: &mut Embedder,
+    photos: &[LabelledPhoto],
+    model: &ModelArgs,
+    cache: Option<&std::path::Path>,
+) -> anyhow::Result<(Array2<f32>, Vec<LabelledPhoto>)> {
+    let mut cache = match cache {
+        Some(dir) => EmbeddingCache::open(dir, embedder)?,
+        None => EmbeddingCache::disabled(),
+    };
+    let refs: Vec<PhotoRef<'_>> = photos.iter().map(|p| PhotoRef { path: &p.path, key: &p.key }).collect();
+    let progress = progress_bar(refs.len(), "embedding");
+    let results = embed_photos(embedder, &refs, &model.limits(), &mut cache, &progress)?;
+    progress.finish_and_clear();
+    let mut rows = Vec::new();
+    let mut kept = Vec::new();
+    for (photo, result) in photos.iter().zip(results) {
+        match result {
+            Ok(embedding) => {
+                rows.push(embedding);
+                kept.push(photo.clone());
+            }
+            Err(reason) => tracing::warn!(path = %photo.path.display(), %reason, "skipped"),
+        }
+    }
+    let views: Vec<_> = rows.iter().map(|r| r.view()).collect();
+    let matrix = ndarray::stack(Axis(0), &views).context("no photo could be embedded")?;
+    Ok((matrix, kept))
+}
+
+/// Fits one head: standardise, pick L2 on the hold-out, fit the temperature
+/// on the hold-out. Returns the head and the chosen L2.
+fn train_head<C: TaxonomyClass>(
+    embeddings: &Array2<f32>,
+    photos: &[LabelledPhoto],
+    holdout: &[bool],
+    class_of: impl Fn(&LabelledPhoto) -> Option<C>,
+    notes: &mut Vec<String>,
+) -> anyhow::Result<(LinearHead, f64)> {
+    let mut fit_rows = Vec::new();
+    let mut fit_labels = Vec::new();
+    let mut cal_rows = Vec::new();
+    let mut cal_labels = Vec::new();
+    for (i, photo) in photos.iter().enumerate() {
+        if let Some(class) = class_of(photo) {
+            if holdout[i] {
+                cal_rows.push(i);
+                cal_labels.push(class.index());
+            } else {
+                fit_rows.push(i);
+                fit_labels.push(class.index());
+            }
+        }
+    }
+    if fit_rows.is_empty() || cal_rows.is_empty() {
+        bail!("the {} stage has no training or no hold-out photos", C::STAGE);
+    }
+    let fit_x = embeddings.select(Axis(0), &fit_rows);
+    let cal_x = embeddings.select(Axis(0), &cal_rows);
+    let standardiser = Standardiser::fit(fit_x.view());
+    let fit_z = standardiser.apply(fit_x.view());
+    let cal_z = standardiser.apply(cal_x.view());
+    let data = Dataset {
+        features: fit_z.view(),
+        labels: &fit_labels,
+        classes: C::ALL.len(),
+    };
+    let mut best: Option<(f64, f64, SoftmaxRegression)> = None;
+    for l2 in L2_GRID {
+        let model = SoftmaxRegression::fit(&data, &FitOptions { l2, ..FitOptions::default() });
+        let logits = model.logits(cal_z.view());
+        let t = fit_temperature(logits.view(), &cal_labels);
+        let loss = nll(logits.view(), &cal_labels, t);
+        let accuracy = accuracy(&argmax_rows(logits.view()), &cal_labels);
+        tracing::info!(stage = C::STAGE, l2, temperature = t, holdout_nll = loss, holdout_accuracy = accuracy, "fitted");
+        if best.as_ref().is_none_or(|(b, _, _)| loss < *b) {
+            best = Some((loss, l2, model));
+        }
+    }
+    let (_, l2, model) = best.expect("the grid is not empty");
+    let logits = model.logits(cal_z.view());
+    let temperature = fit_temperature(logits.view(), &cal_labels);
+    let holdout_accuracy = accuracy(&argmax_rows(logits.view()), &cal_labels);
+    let note = format!(
+        "{}: {} fit / {} hold-out photos, l2 {l2}, temperature {temperature:.3}, hold-out accuracy {holdout_accuracy:.4}",
+        C::STAGE,
+        fit_rows.len(),
+        cal_rows.len()
+    );
+    eprintln!("{note}");
+    notes.push(note);
+    let classes = C::ALL.iter().map(|c| c.name().to_owned()).collect();
+    Ok((model.into_head(&standardiser, classes, temperature as f32), l2))
+}
+
+fn accuracy(predicted: &[usize], truth: &[usize]) -> f64 {
+    predicted.iter().zip(truth).filter(|(p, t)| p == t).count() as f64 / truth.len().max(1) as f64
+}

@@ -1,0 +1,234 @@
+//! Embedding many photos from disk: decoding on worker threads overlaps the
+//! backbone on the main thread, and an optional cache keeps `train` and
+//! `eval` from recomputing the same embeddings.
+
+use std::collections::HashMap;
+use std::fs::{File, OpenOptions};
+use std::io::{BufReader, BufWriter, Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+
+use anyhow::Context;
+use indicatif::{ProgressBar, ProgressStyle};
+use ndarray::Array1;
+use photolabel_vision::{prepare, Embedder, ImageLimits, Prepared, Preprocessing, EMBEDDING_DIM};
+
+/// Photos per backbone call: big enough to amortise the call, small enough
+/// to keep memory flat (each photo is ~0.8 MB per view as f32).
+const BATCH: usize = 16;
+
+/// Largest file the command line reads; bigger files get a per-file error.
+pub const MAX_FILE_BYTES: u64 = 64 * 1024 * 1024;
+
+/// A photo to embed: where it is, and its cache key.
+pub struct PhotoRef<'a> {
+    pub path: &'a Path,
+    pub key: &'a str,
+}
+
+/// An embedding per photo, or why the photo could not be embedded.
+pub type EmbeddingResult = Result<Array1<f32>, String>;
+
+/// Embeddings keyed by (photo key, file size), in a file named after the
+/// backbone and preprocessing that produced them, so a changed model never
+/// reads stale vectors.
+pub struct EmbeddingCache {
+    entries: HashMap<String, Vec<f32>>,
+    writer: Option<BufWriter<File>>,
+}
+
+impl EmbeddingCache {
+    pub fn disabled() -> Self {
+        Self {
+            entries: HashMap::new(),
+            writer: None,
+        }
+    }
+
+    pub fn open(dir: &Path, labeller: &Embedder) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        let p = labeller.preprocessing();
+        let name = format!(
+            "{}-{}-{}.emb",
+            &labeller.backbone_sha256()[..16],
+            serde_json::to_value(p.view)?.as_str().unwrap_or("view"),
+            if p.flip { "flip" } else { "noflip" }
+        );
+        let path = dir.join(name);
+        let mut entries = HashMap::new();
+        if let Ok(file) = File::open(&path) {
+            read_entries(BufReader::new(file), &mut entries);
+        }
+        let writer = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .with_context(|| format!("cannot write {}", path.display()))?;
+        tracing::info!(cache = %path.display(), cached = entries.len(), "embedding cache");
+        Ok(Self {
+            entries,
+            writer: Some(BufWriter::new(writer)),
+        })
+    }
+
+    fn cache_key(photo: &PhotoRef<'_>) -> Option<String> {
+        let len = std::fs::metadata(photo.path).ok()?.len();
+        Some(format!("{}\u{0}{len}", photo.key))
+    }
+
+    fn get(&self, key: &str) -> Option<Array1<f32>> {
+        self.entries.get(key).map(|v| Array1::from(v.clone()))
+    }
+
+    fn put(&mut self, key: String, embedding: &Array1<f32>) -> std::io::Result<()> {
+        if let Some(writer) = &mut self.writer {
+            let bytes = key.as_bytes();
+            writer.write_all(&(bytes.len() as u32).to_le_bytes())?;
+            writer.write_all(bytes)?;
+            for v in embedding {
+                writer.write_all(&v.to_le_bytes())?;
+            }
+            self.entries.insert(key, embedding.to_vec());
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.writer.as_mut().map_or(Ok(()), |w| w.flush())
+    }
+}
+
+/// Reads records until the first incomplete one (a run cut short leaves a
+/// partial record at the end; everything before it is still good).
+fn read_entries(mut reader: impl Read, entries: &mut HashMap<String, Vec<f32>>) {
+    loop {
+        let mut len = [0u8; 4];
+        if reader.read_exact(&mut len).is_err() {
+            return;
+        }
+        let mut key = vec![0u8; u32::from_le_bytes(len) as usize];
+        let mut floats = vec![0u8; EMBEDDING_DIM * 4];
+        if reader.read_exact(&mut key).is_err() || reader.read_exact(&mut floats).is_err() {
+            return;
+        }
+        let Ok(key) = String::from_utf8(key) else { return };
+        let values = floats
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect();
+        entries.insert(key, values);
+    }
+}
+
+/// Reads and prepares one photo file, with the command line's size cap.
+pub fn prepare_file(path: &Path, limits: &ImageLimits, preprocessing: &Preprocessing) -> Result<Prepared, String> {
+    let metadata = std::fs::metadata(path).map_err(|e| e.to_string())?;
+    if !metadata.is_file() {
+        return Err("not a regular file".into());
+    }
+    if metadata.len() > MAX_FILE_BYTES {
+        return Err(format!("file is larger than {MAX_FILE_BYTES} bytes"));
+    }
+    let bytes = std::fs::read(path).map_err(|e| e.to_string())?;
+    prepare(&bytes, limits, preprocessing).map_err(|e| e.to_string())
+}
+
+/// A progress bar on stderr; indicatif hides it when stderr is not a terminal.
+pub fn progress_bar(len: usize, what: &str) -> ProgressBar {
+    let bar = ProgressBar::new(len as u64);
+    bar.set_style(
+        ProgressStyle::with_template("{msg} {bar:40} {pos}/{len} ({per_sec}, eta {eta})")
+            .expect("valid template"),
+    );
+    bar.set_message(what.to_owned());
+    bar
+}
+
+/// Embeds every photo, in order. Decoding runs on `decoders` threads while
+/// the backbone runs here; cached photos are not decoded at all.
+pub fn embed_photos(
+    labeller: &mut Embedder,
+    photos: &[PhotoRef<'_>],
+    limits: &ImageLimits,
+    cache: &mut EmbeddingCache,
+    progress: &ProgressBar,
+) -> anyhow::Result<Vec<EmbeddingResult>> {
+    let mut results: Vec<Option<EmbeddingResult>> = vec![None; photos.len()];
+    let mut todo: Vec<(usize, PathBuf, Option<String>)> = Vec::new();
+    for (i, photo) in photos.iter().enumerate() {
+        let key = EmbeddingCache::cache_key(photo);
+        match key.as_deref().and_then(|k| cache.get(k)) {
+            Some(embedding) => {
+                results[i] = Some(Ok(embedding));
+                progress.inc(1);
+            }
+            None => todo.push((i, photo.path.to_path_buf(), key)),
+        }
+    }
+    let preprocessing = labeller.preprocessing();
+    let decoders = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let (job_tx, job_rx) = crossbeam_channel::bounded::<(usize, PathBuf)>(BATCH * 2);
+    let (done_tx, done_rx) = mpsc::sync_channel::<(usize, Result<Prepared, String>)>(BATCH * 2);
+    let keys: HashMap<usize, Option<String>> = todo.iter().map(|(i, _, k)| (*i, k.clone())).collect();
+    std::thread::scope(|scope| -> anyhow::Result<()> {
+        for _ in 0..decoders {
+            let job_rx = job_rx.clone();
+            let done_tx = done_tx.clone();
+            scope.spawn(move || {
+                for (i, path) in job_rx {
+                    if done_tx.send((i, prepare_file(&path, limits, &preprocessing))).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+        drop(done_tx);
+        let feeder = scope.spawn(move || {
+            for (i, path, _) in todo {
+                if job_tx.send((i, path)).is_err() {
+                    return;
+                }
+            }
+        });
+        let mut batch: Vec<(usize, Prepared)> = Vec::with_capacity(BATCH);
+        let mut flush = |batch: &mut Vec<(usize, Prepared)>, results: &mut Vec<Option<EmbeddingResult>>| -> anyhow::Result<()> {
+            if batch.is_empty() {
+                return Ok(());
+            }
+            let (indices, prepared): (Vec<usize>, Vec<Prepared>) = batch.drain(..).unzip();
+            let count = indices.len() as u64;
+            let embeddings = labeller.embed(&prepared)?;
+            for (i, row) in indices.into_iter().zip(embeddings.outer_iter()) {
+                let embedding = row.to_owned();
+                if let Some(Some(key)) = keys.get(&i) {
+                    cache.put(key.clone(), &embedding)?;
+                }
+                results[i] = Some(Ok(embedding));
+            }
+            progress.inc(count);
+            Ok(())
+        };
+        for (i, outcome) in done_rx {
+            match outcome {
+                Ok(prepared) => {
+                    batch.push((i, prepared));
+                    if batch.len() == BATCH {
+                        flush(&mut batch, &mut results)?;
+                    }
+                }
+                Err(reason) => {
+                    results[i] = Some(Err(reason));
+                    progress.inc(1);
+                }
+            }
+        }
+        flush(&mut batch, &mut results)?;
+        feeder.join().expect("feeder thread does not panic");
+        Ok(())
+    })?;
+    cache.flush()?;
+    Ok(results
+        .into_iter()
+        .map(|r| r.unwrap_or_else(|| Err("not processed".into())))
+        .collect())
+}

@@ -1,0 +1,166 @@
+//! The real binary: `photolabel keys create`, then `photolabel serve` on a
+//! free loopback port, labelling a fixture photo through both endpoints (the
+//! URL one served by a loopback HTTP server, with `--allow-private-urls`),
+//! then SIGTERM for a clean exit. Standard library only.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_photolabel");
+
+fn fixture(name: &str) -> Vec<u8> {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/photos").join(name);
+    std::fs::read(path).expect("fixture photo")
+}
+
+/// A port that was free a moment ago.
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port()
+}
+
+/// One HTTP/1.1 exchange over a fresh connection; returns status and body.
+fn http(port: u16, method: &str, path: &str, headers: &[(&str, String)], body: &[u8]) -> std::io::Result<(u16, String)> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port))?;
+    stream.set_read_timeout(Some(Duration::from_secs(120)))?;
+    let mut request = format!("{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\nContent-Length: {}\r\n", body.len());
+    for (name, value) in headers {
+        request.push_str(&format!("{name}: {value}\r\n"));
+    }
+    request.push_str("\r\n");
+    stream.write_all(request.as_bytes())?;
+    stream.write_all(body)?;
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response)?;
+    let text = String::from_utf8_lossy(&response).into_owned();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    Ok((status, body))
+}
+
+/// Serves `bytes` as a JPEG to every connection, on a thread.
+fn image_server(bytes: Vec<u8>) -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind image server");
+    let port = listener.local_addr().expect("addr").port();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let mut reader = BufReader::new(stream);
+            let mut line = String::new();
+            while reader.read_line(&mut line).is_ok_and(|n| n > 2) {
+                line.clear();
+            }
+            let mut stream = reader.into_inner();
+            let head = format!(
+                "HTTP/1.1 200 OK\r\nContent-Type: image/jpeg\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                bytes.len()
+            );
+            let _ = stream.write_all(head.as_bytes());
+            let _ = stream.write_all(&bytes);
+        }
+    });
+    port
+}
+
+struct Serving(Child);
+
+impl Drop for Serving {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn serve_labels_uploads_and_urls() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let data_dir = dir.path().to_str().expect("utf-8 path").to_owned();
+
+    let created = Command::new(BIN)
+        .args(["keys", "create", "--name", "binary-test", "--data-dir", &data_dir])
+        .output()
+        .expect("run keys create");
+    assert!(created.status.success(), "{}", String::from_utf8_lossy(&created.stderr));
+    let key = String::from_utf8(created.stdout).expect("utf-8").trim().to_owned();
+    assert!(key.starts_with("pl_"), "stdout is the key alone: {key:?}");
+
+    let port = free_port();
+    let mut serving = Serving(
+        Command::new(BIN)
+            .args(["serve", "--bind", &format!("127.0.0.1:{port}"), "--data-dir", &data_dir, "--allow-private-urls"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start serve"),
+    );
+
+    // Wait for the model to load (a condition, bounded generously).
+    let started = Instant::now();
+    loop {
+        if let Ok((200, _)) = http(port, "GET", "/health", &[], b"") {
+            break;
+        }
+        assert!(serving.0.try_wait().expect("status").is_none(), "serve exited early");
+        assert!(started.elapsed() < Duration::from_secs(300), "server never became ready");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    let boundary = "serve-binary-test-boundary";
+    let mut body = format!(
+        "--{boundary}\r\nContent-Disposition: form-data; name=\"image\"; filename=\"kitchen.jpg\"\r\nContent-Type: image/jpeg\r\n\r\n"
+    )
+    .into_bytes();
+    body.extend(fixture("kitchen.jpg"));
+    body.extend(format!("\r\n--{boundary}--\r\n").into_bytes());
+    let (status, answer) = http(
+        port,
+        "POST",
+        "/labelling/img",
+        &[
+            ("x-api-key", key.clone()),
+            ("Content-Type", format!("multipart/form-data; boundary={boundary}")),
+        ],
+        &body,
+    )
+    .expect("upload");
+    assert_eq!(status, 200, "{answer}");
+    assert!(answer.contains(r#""Room_Class":"kitchen""#), "{answer}");
+
+    let image_port = image_server(fixture("facade.jpg"));
+    let json = format!(r#"{{"url": "http://127.0.0.1:{image_port}/facade.jpg"}}"#);
+    let (status, answer) = http(
+        port,
+        "POST",
+        "/labelling/url",
+        &[("x-api-key", key.clone()), ("Content-Type", "application/json".into())],
+        json.as_bytes(),
+    )
+    .expect("url");
+    assert_eq!(status, 200, "{answer}");
+    assert!(answer.contains(r#""Scene_Class1":"facade""#), "{answer}");
+
+    let (status, answer) = http(port, "GET", "/credit", &[("x-api-key", key.clone())], b"").expect("credit");
+    assert_eq!(status, 200);
+    assert!(answer.contains(r#""calls_used":2"#), "{answer}");
+
+    // SIGTERM: a clean exit.
+    let pid = serving.0.id().to_string();
+    assert!(Command::new("kill").args(["-TERM", &pid]).status().expect("kill").success());
+    let stopped = Instant::now();
+    loop {
+        if let Some(status) = serving.0.try_wait().expect("status") {
+            assert!(status.success(), "serve exited with {status}");
+            break;
+        }
+        assert!(stopped.elapsed() < Duration::from_secs(60), "serve did not stop on SIGTERM");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
