@@ -36,7 +36,10 @@ impl LabelledPhoto {
     }
 
     pub fn file_name(&self) -> &str {
-        self.path.file_name().and_then(|n| n.to_str()).unwrap_or(&self.key)
+        self.path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or(&self.key)
     }
 }
 
@@ -58,12 +61,22 @@ pub fn read_labels(csv_path: &Path, split: Option<&str>) -> anyhow::Result<Vec<L
     let headers = reader.headers()?.clone();
     let column = |name: &str| headers.iter().position(|h| h == name);
     let (Some(path_col), Some(image_col)) = (column("path"), column("image_class")) else {
-        bail!("{} needs the columns `path` and `image_class`", csv_path.display());
+        bail!(
+            "{} needs the columns `path` and `image_class`",
+            csv_path.display()
+        );
     };
-    let (room_col, sub_col, scene_col) = (column("room_class"), column("room_subclass"), column("scene_class"));
+    let (room_col, sub_col, scene_col) = (
+        column("room_class"),
+        column("room_subclass"),
+        column("scene_class"),
+    );
     let (source_col, split_col) = (column("source"), column("split"));
     if split.is_some() && split_col.is_none() {
-        bail!("{} has no `split` column, so --split cannot select rows", csv_path.display());
+        bail!(
+            "{} has no `split` column, so --split cannot select rows",
+            csv_path.display()
+        );
     }
     let mut photos = Vec::new();
     for (line, record) in reader.records().enumerate() {
@@ -79,7 +92,9 @@ pub fn read_labels(csv_path: &Path, split: Option<&str>) -> anyhow::Result<Vec<L
             let key = get(Some(path_col)).unwrap_or_default().to_owned();
             Ok(LabelledPhoto {
                 path: base.join(&key),
-                image_class: ImageClass::from_name(get(Some(image_col)).unwrap_or_default().trim())?,
+                image_class: ImageClass::from_name(
+                    get(Some(image_col)).unwrap_or_default().trim(),
+                )?,
                 room: optional(get(room_col))?,
                 subclass: optional(get(sub_col))?,
                 scene: optional(get(scene_col))?,
@@ -115,7 +130,11 @@ mod tests {
         assert_eq!(val[0].leaf(), Some("hall_corridor"));
         assert_eq!(val[1].leaf(), Some("balcony-garden"));
         assert_eq!(val[2].leaf(), Some("other"));
-        assert_eq!(val[3].leaf(), None, "indoor without a room is scored at stage 1 only");
+        assert_eq!(
+            val[3].leaf(),
+            None,
+            "indoor without a room is scored at stage 1 only"
+        );
         assert_eq!(val[0].path, dir.path().join("b.jpg"));
         assert_eq!(read_labels(&csv, None).unwrap().len(), 5);
     }
@@ -126,7 +145,10 @@ mod tests {
         let csv = dir.path().join("labels.csv");
         std::fs::write(&csv, "path,image_class,scene_class\na.jpg,outdoor,garage\n").unwrap();
         let err = read_labels(&csv, None).unwrap_err();
-        assert!(format!("{err:#}").contains("unknown scene class \"garage\""), "{err:#}");
+        assert!(
+            format!("{err:#}").contains("unknown scene class \"garage\""),
+            "{err:#}"
+        );
         assert!(read_labels(&csv, Some("val")).is_err(), "no split column");
         std::fs::write(&csv, "file,label\na.jpg,indoor\n").unwrap();
         assert!(read_labels(&csv, None).is_err());

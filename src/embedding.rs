@@ -111,7 +111,9 @@ fn read_entries(mut reader: impl Read, entries: &mut HashMap<String, Vec<f32>>) 
         if reader.read_exact(&mut key).is_err() || reader.read_exact(&mut floats).is_err() {
             return;
         }
-        let Ok(key) = String::from_utf8(key) else { return };
+        let Ok(key) = String::from_utf8(key) else {
+            return;
+        };
         let values = floats
             .chunks_exact(4)
             .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
@@ -121,7 +123,11 @@ fn read_entries(mut reader: impl Read, entries: &mut HashMap<String, Vec<f32>>) 
 }
 
 /// Reads and prepares one photo file, with the command line's size cap.
-pub fn prepare_file(path: &Path, limits: &ImageLimits, preprocessing: &Preprocessing) -> Result<Prepared, String> {
+pub fn prepare_file(
+    path: &Path,
+    limits: &ImageLimits,
+    preprocessing: &Preprocessing,
+) -> Result<Prepared, String> {
     let metadata = std::fs::metadata(path).map_err(|e| e.to_string())?;
     if !metadata.is_file() {
         return Err("not a regular file".into());
@@ -169,14 +175,18 @@ pub fn embed_photos(
     let decoders = std::thread::available_parallelism().map_or(1, |n| n.get());
     let (job_tx, job_rx) = crossbeam_channel::bounded::<(usize, PathBuf)>(BATCH * 2);
     let (done_tx, done_rx) = mpsc::sync_channel::<(usize, Result<Prepared, String>)>(BATCH * 2);
-    let keys: HashMap<usize, Option<String>> = todo.iter().map(|(i, _, k)| (*i, k.clone())).collect();
+    let keys: HashMap<usize, Option<String>> =
+        todo.iter().map(|(i, _, k)| (*i, k.clone())).collect();
     std::thread::scope(|scope| -> anyhow::Result<()> {
         for _ in 0..decoders {
             let job_rx = job_rx.clone();
             let done_tx = done_tx.clone();
             scope.spawn(move || {
                 for (i, path) in job_rx {
-                    if done_tx.send((i, prepare_file(&path, limits, &preprocessing))).is_err() {
+                    if done_tx
+                        .send((i, prepare_file(&path, limits, &preprocessing)))
+                        .is_err()
+                    {
                         return;
                     }
                 }
@@ -191,7 +201,9 @@ pub fn embed_photos(
             }
         });
         let mut batch: Vec<(usize, Prepared)> = Vec::with_capacity(BATCH);
-        let mut flush = |batch: &mut Vec<(usize, Prepared)>, results: &mut Vec<Option<EmbeddingResult>>| -> anyhow::Result<()> {
+        let mut flush = |batch: &mut Vec<(usize, Prepared)>,
+                         results: &mut Vec<Option<EmbeddingResult>>|
+         -> anyhow::Result<()> {
             if batch.is_empty() {
                 return Ok(());
             }

@@ -35,7 +35,8 @@ pub struct LevelReport {
 
 impl LevelTally {
     pub fn add(&mut self, truth: &str, prediction: &str, confidence: f64) {
-        self.pairs.push((truth.to_owned(), prediction.to_owned(), confidence));
+        self.pairs
+            .push((truth.to_owned(), prediction.to_owned(), confidence));
     }
 
     /// (correct?, confidence) of every prediction, for pooled calibration.
@@ -48,13 +49,21 @@ impl LevelTally {
         let correct = self.pairs.iter().filter(|(t, p, _)| t == p).count();
         let mut confusion: BTreeMap<String, BTreeMap<String, usize>> = BTreeMap::new();
         for (t, p, _) in &self.pairs {
-            *confusion.entry(t.clone()).or_default().entry(p.clone()).or_default() += 1;
+            *confusion
+                .entry(t.clone())
+                .or_default()
+                .entry(p.clone())
+                .or_default() += 1;
         }
         // Macro-F1 over the classes that occur as truth: a class the model
         // predicts but the set never contains has no recall to speak of.
         let mut per_class = BTreeMap::new();
         for class in confusion.keys() {
-            let tp = self.pairs.iter().filter(|(t, p, _)| t == class && p == class).count() as f64;
+            let tp = self
+                .pairs
+                .iter()
+                .filter(|(t, p, _)| t == class && p == class)
+                .count() as f64;
             let predicted = self.pairs.iter().filter(|(_, p, _)| p == class).count() as f64;
             let support = self.pairs.iter().filter(|(t, _, _)| t == class).count();
             let precision = if predicted > 0.0 { tp / predicted } else { 0.0 };
@@ -64,7 +73,15 @@ impl LevelTally {
             } else {
                 0.0
             };
-            per_class.insert(class.clone(), ClassScore { precision, recall, f1, support });
+            per_class.insert(
+                class.clone(),
+                ClassScore {
+                    precision,
+                    recall,
+                    f1,
+                    support,
+                },
+            );
         }
         let macro_f1 = if per_class.is_empty() {
             0.0

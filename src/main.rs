@@ -30,11 +30,24 @@ enum Command {
     Eval(cli::eval::EvalArgs),
     Train(cli::train::TrainArgs),
     Bench(cli::bench::BenchArgs),
+    Serve(ServeCommand),
+    Keys(photolabel_service::KeysArgs),
+}
+
+/// Run the Altum-compatible HTTP API (POST /labelling/img and /labelling/url).
+#[derive(Debug, clap::Args)]
+struct ServeCommand {
+    #[command(flatten)]
+    serve: photolabel_service::ServeArgs,
+    #[command(flatten)]
+    model: cli::ModelArgs,
 }
 
 fn init_logging(filter: &str, json: bool) {
     let filter = EnvFilter::try_new(filter).unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     if json {
         builder.json().init();
     } else {
@@ -50,6 +63,11 @@ fn main() -> ExitCode {
         Command::Eval(args) => cli::eval::run(args).map(|()| ExitCode::SUCCESS),
         Command::Train(args) => cli::train::run(args).map(|()| ExitCode::SUCCESS),
         Command::Bench(args) => cli::bench::run(args).map(|()| ExitCode::SUCCESS),
+        Command::Serve(args) => {
+            photolabel_service::serve_main(args.serve, args.model.config(), args.model.limits())
+                .map(|()| ExitCode::SUCCESS)
+        }
+        Command::Keys(args) => photolabel_service::keys_main(args).map(|()| ExitCode::SUCCESS),
     };
     match outcome {
         Ok(code) => code,

@@ -12,7 +12,9 @@ use std::time::{Duration, Instant};
 const BIN: &str = env!("CARGO_BIN_EXE_photolabel");
 
 fn fixture(name: &str) -> Vec<u8> {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/photos").join(name);
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/photos")
+        .join(name);
     std::fs::read(path).expect("fixture photo")
 }
 
@@ -25,7 +27,13 @@ fn free_port() -> u16 {
 }
 
 /// One HTTP/1.1 exchange over a fresh connection; returns status and body.
-fn http(port: u16, method: &str, path: &str, headers: &[(&str, String)], body: &[u8]) -> std::io::Result<(u16, String)> {
+fn http(
+    port: u16,
+    method: &str,
+    path: &str,
+    headers: &[(&str, String)],
+    body: &[u8],
+) -> std::io::Result<(u16, String)> {
     let mut stream = TcpStream::connect(("127.0.0.1", port))?;
     stream.set_read_timeout(Some(Duration::from_secs(120)))?;
     let mut request = format!("{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\nContent-Length: {}\r\n", body.len());
@@ -43,7 +51,10 @@ fn http(port: u16, method: &str, path: &str, headers: &[(&str, String)], body: &
         .nth(1)
         .and_then(|s| s.parse().ok())
         .unwrap_or(0);
-    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
     Ok((status, body))
 }
 
@@ -85,17 +96,38 @@ fn serve_labels_uploads_and_urls() {
     let data_dir = dir.path().to_str().expect("utf-8 path").to_owned();
 
     let created = Command::new(BIN)
-        .args(["keys", "create", "--name", "binary-test", "--data-dir", &data_dir])
+        .args([
+            "keys",
+            "create",
+            "--name",
+            "binary-test",
+            "--data-dir",
+            &data_dir,
+        ])
         .output()
         .expect("run keys create");
-    assert!(created.status.success(), "{}", String::from_utf8_lossy(&created.stderr));
-    let key = String::from_utf8(created.stdout).expect("utf-8").trim().to_owned();
+    assert!(
+        created.status.success(),
+        "{}",
+        String::from_utf8_lossy(&created.stderr)
+    );
+    let key = String::from_utf8(created.stdout)
+        .expect("utf-8")
+        .trim()
+        .to_owned();
     assert!(key.starts_with("pl_"), "stdout is the key alone: {key:?}");
 
     let port = free_port();
     let mut serving = Serving(
         Command::new(BIN)
-            .args(["serve", "--bind", &format!("127.0.0.1:{port}"), "--data-dir", &data_dir, "--allow-private-urls"])
+            .args([
+                "serve",
+                "--bind",
+                &format!("127.0.0.1:{port}"),
+                "--data-dir",
+                &data_dir,
+                "--allow-private-urls",
+            ])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -108,8 +140,14 @@ fn serve_labels_uploads_and_urls() {
         if let Ok((200, _)) = http(port, "GET", "/health", &[], b"") {
             break;
         }
-        assert!(serving.0.try_wait().expect("status").is_none(), "serve exited early");
-        assert!(started.elapsed() < Duration::from_secs(300), "server never became ready");
+        assert!(
+            serving.0.try_wait().expect("status").is_none(),
+            "serve exited early"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(300),
+            "server never became ready"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
 
@@ -126,7 +164,10 @@ fn serve_labels_uploads_and_urls() {
         "/labelling/img",
         &[
             ("x-api-key", key.clone()),
-            ("Content-Type", format!("multipart/form-data; boundary={boundary}")),
+            (
+                "Content-Type",
+                format!("multipart/form-data; boundary={boundary}"),
+            ),
         ],
         &body,
     )
@@ -140,27 +181,38 @@ fn serve_labels_uploads_and_urls() {
         port,
         "POST",
         "/labelling/url",
-        &[("x-api-key", key.clone()), ("Content-Type", "application/json".into())],
+        &[
+            ("x-api-key", key.clone()),
+            ("Content-Type", "application/json".into()),
+        ],
         json.as_bytes(),
     )
     .expect("url");
     assert_eq!(status, 200, "{answer}");
     assert!(answer.contains(r#""Scene_Class1":"facade""#), "{answer}");
 
-    let (status, answer) = http(port, "GET", "/credit", &[("x-api-key", key.clone())], b"").expect("credit");
+    let (status, answer) =
+        http(port, "GET", "/credit", &[("x-api-key", key.clone())], b"").expect("credit");
     assert_eq!(status, 200);
     assert!(answer.contains(r#""calls_used":2"#), "{answer}");
 
     // SIGTERM: a clean exit.
     let pid = serving.0.id().to_string();
-    assert!(Command::new("kill").args(["-TERM", &pid]).status().expect("kill").success());
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .expect("kill")
+        .success());
     let stopped = Instant::now();
     loop {
         if let Some(status) = serving.0.try_wait().expect("status") {
             assert!(status.success(), "serve exited with {status}");
             break;
         }
-        assert!(stopped.elapsed() < Duration::from_secs(60), "serve did not stop on SIGTERM");
+        assert!(
+            stopped.elapsed() < Duration::from_secs(60),
+            "serve did not stop on SIGTERM"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 }

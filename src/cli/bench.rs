@@ -53,9 +53,12 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         let limits = model.limits();
         let preprocessing = labeller.preprocessing();
         for path in &args.photos {
-            let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+            let bytes =
+                std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
             let prepared = prepare(&bytes, &limits, &preprocessing)?;
-            let pre_ms = time(args.iterations, || Ok(prepare(&bytes, &limits, &preprocessing).map(drop)?))?;
+            let pre_ms = time(args.iterations, || {
+                Ok(prepare(&bytes, &limits, &preprocessing).map(drop)?)
+            })?;
             let batch = [prepared];
             let infer_ms = time(args.iterations, || Ok(labeller.label(&batch).map(drop)?))?;
             let total_ms = time(args.iterations, || {

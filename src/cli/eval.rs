@@ -77,9 +77,21 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
         Some(dir) => EmbeddingCache::open(dir, labeller.embedder_mut())?,
         None => EmbeddingCache::disabled(),
     };
-    let refs: Vec<PhotoRef<'_>> = photos.iter().map(|p| PhotoRef { path: &p.path, key: &p.key }).collect();
+    let refs: Vec<PhotoRef<'_>> = photos
+        .iter()
+        .map(|p| PhotoRef {
+            path: &p.path,
+            key: &p.key,
+        })
+        .collect();
     let progress = progress_bar(refs.len(), "evaluating");
-    let embeddings = embed_photos(labeller.embedder_mut(), &refs, &args.model.limits(), &mut cache, &progress)?;
+    let embeddings = embed_photos(
+        labeller.embedder_mut(),
+        &refs,
+        &args.model.limits(),
+        &mut cache,
+        &progress,
+    )?;
     progress.finish_and_clear();
 
     let rules = DecisionRules::default();
@@ -116,7 +128,14 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
             entry.0 += 1;
             entry.1 += usize::from(truth == label.leaf());
         }
-        if let (Some(truth), photolabel_taxonomy::LabelDetail::Outdoor { scene, second_scene }) = (photo.scene, &label.detail) {
+        if let (
+            Some(truth),
+            photolabel_taxonomy::LabelDetail::Outdoor {
+                scene,
+                second_scene,
+            },
+        ) = (photo.scene, &label.detail)
+        {
             second.outdoor_rows += 1;
             if let Some(second_scene) = second_scene {
                 second.with_second_scene += 1;
@@ -129,7 +148,12 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
     } else {
         0.0
     };
-    let ece = expected_calibration_error(image.outcomes().chain(room.outcomes()).chain(scene.outcomes()));
+    let ece = expected_calibration_error(
+        image
+            .outcomes()
+            .chain(room.outcomes())
+            .chain(scene.outcomes()),
+    );
     let report = EvalReport {
         count: photos.len() - failed,
         failed,
@@ -141,7 +165,13 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
         leaf_accuracy_by_source: by_source
             .into_iter()
             .map(|(source, (count, correct))| {
-                (source, SourceScore { count, accuracy: correct as f64 / count.max(1) as f64 })
+                (
+                    source,
+                    SourceScore {
+                        count,
+                        accuracy: correct as f64 / count.max(1) as f64,
+                    },
+                )
             })
             .collect(),
         second_scene: second,
@@ -174,7 +204,10 @@ fn print_tables(report: &EvalReport) {
         report.engine,
         &report.backbone_sha256[..16]
     );
-    println!("\n{:<12} {:>6} {:>9} {:>9} {:>7}", "level", "count", "accuracy", "macro-F1", "ECE");
+    println!(
+        "\n{:<12} {:>6} {:>9} {:>9} {:>7}",
+        "level", "count", "accuracy", "macro-F1", "ECE"
+    );
     for (name, level) in [
         ("image_class", &report.image_class),
         ("room", &report.room),
@@ -194,11 +227,21 @@ fn print_tables(report: &EvalReport) {
         ("leaf", &report.leaf),
     ] {
         println!("\n{name}: per class");
-        println!("{:<16} {:>9} {:>9} {:>7}", "class", "precision", "recall", "support");
+        println!(
+            "{:<16} {:>9} {:>9} {:>7}",
+            "class", "precision", "recall", "support"
+        );
         for (class, score) in &level.per_class {
-            println!("{class:<16} {:>9.4} {:>9.4} {:>7}", score.precision, score.recall, score.support);
+            println!(
+                "{class:<16} {:>9.4} {:>9.4} {:>7}",
+                score.precision, score.recall, score.support
+            );
         }
-        let predicted: std::collections::BTreeSet<&String> = level.confusion.values().flat_map(|row| row.keys()).collect();
+        let predicted: std::collections::BTreeSet<&String> = level
+            .confusion
+            .values()
+            .flat_map(|row| row.keys())
+            .collect();
         println!("confusion (rows truth, columns prediction):");
         print!("{:<16}", "");
         for p in &predicted {

@@ -89,12 +89,25 @@ pub fn run(args: LabelArgs) -> anyhow::Result<std::process::ExitCode> {
         .map(|(path, key)| PhotoRef { path, key })
         .collect();
     let progress = progress_bar(refs.len(), "labelling");
-    let embeddings = embed_photos(labeller.embedder_mut(), &refs, &args.model.limits(), &mut EmbeddingCache::disabled(), &progress)?;
+    let embeddings = embed_photos(
+        labeller.embedder_mut(),
+        &refs,
+        &args.model.limits(),
+        &mut EmbeddingCache::disabled(),
+        &progress,
+    )?;
     progress.finish_and_clear();
 
     let results: Vec<Result<Label, String>> = embeddings
         .into_iter()
-        .map(|e| e.map(|embedding| decide(&labeller.heads().stage_probabilities(embedding.view()), &rules)))
+        .map(|e| {
+            e.map(|embedding| {
+                decide(
+                    &labeller.heads().stage_probabilities(embedding.view()),
+                    &rules,
+                )
+            })
+        })
         .collect();
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
@@ -109,7 +122,10 @@ pub fn run(args: LabelArgs) -> anyhow::Result<std::process::ExitCode> {
         }
     }
     if failed > 0 {
-        eprintln!("labelled {labelled} of {} photos; {failed} failed", results.len());
+        eprintln!(
+            "labelled {labelled} of {} photos; {failed} failed",
+            results.len()
+        );
     }
     Ok(if labelled == 0 {
         std::process::ExitCode::FAILURE
@@ -118,7 +134,12 @@ pub fn run(args: LabelArgs) -> anyhow::Result<std::process::ExitCode> {
     })
 }
 
-fn write_results(out: &mut impl Write, format: Format, keys: &[String], results: &[Result<Label, String>]) -> anyhow::Result<()> {
+fn write_results(
+    out: &mut impl Write,
+    format: Format,
+    keys: &[String],
+    results: &[Result<Label, String>],
+) -> anyhow::Result<()> {
     let records = keys.iter().zip(results).map(|(key, result)| Record {
         path: key.clone(),
         output: result.as_ref().ok(),
@@ -170,7 +191,10 @@ fn csv_row(key: &str, result: &Result<Label, String>) -> Vec<String> {
     row[0] = key.to_owned();
     match result {
         Ok(label) => {
-            let value = serde_json::to_value(Output { output: label.clone() }).unwrap_or_default();
+            let value = serde_json::to_value(Output {
+                output: label.clone(),
+            })
+            .unwrap_or_default();
             for (i, column) in CSV_COLUMNS.iter().enumerate().skip(1).take(10) {
                 if let Some(text) = value["Output"][column].as_str() {
                     row[i] = text.to_owned();

@@ -57,7 +57,11 @@ impl ModelArgs {
 
     pub fn load(&self) -> anyhow::Result<Labeller> {
         let labeller = Labeller::load(&self.config())?;
-        tracing::info!(engine = labeller.engine_name(), backbone = &labeller.backbone_sha256()[..16], "model loaded");
+        tracing::info!(
+            engine = labeller.engine_name(),
+            backbone = &labeller.backbone_sha256()[..16],
+            "model loaded"
+        );
         Ok(labeller)
     }
 }

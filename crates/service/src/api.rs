@@ -70,10 +70,12 @@ pub fn with_layers(routes: Router, body_limits: BodyLimits) -> Router {
         // Our guard caps bodies; axum's own 2 MB default would answer first.
         .layer(DefaultBodyLimit::disable())
         .layer(middleware::from_fn_with_state(body_limits, guard_request))
-        .layer(CatchPanicLayer::custom(|_panic: Box<dyn std::any::Any + Send>| {
-            tracing::error!("handler panicked");
-            ApiError::internal("handler panicked").into_response()
-        }))
+        .layer(CatchPanicLayer::custom(
+            |_panic: Box<dyn std::any::Any + Send>| {
+                tracing::error!("handler panicked");
+                ApiError::internal("handler panicked").into_response()
+            },
+        ))
         .layer(middleware::from_fn(log_requests))
 }
 
@@ -132,7 +134,9 @@ async fn read_image_field(multipart: &mut Multipart) -> Result<Bytes, ApiError> 
         let field = match multipart.next_field().await {
             Ok(Some(field)) => field,
             Ok(None) => return Err(ApiError::MissingField(MissingField::Image)),
-            Err(e) => return Err(body_error(&e).unwrap_or(ApiError::MissingField(MissingField::Image))),
+            Err(e) => {
+                return Err(body_error(&e).unwrap_or(ApiError::MissingField(MissingField::Image)))
+            }
         };
         if field.name() != Some("image") {
             continue;

@@ -12,11 +12,26 @@ use crate::config::{KeysArgs, KeysCommand};
 use crate::keys::NewKey;
 use crate::store::{open_store, Revoked, Store};
 
+/// `photolabel keys` for a synchronous `main`.
+pub fn keys_main(args: KeysArgs) -> anyhow::Result<()> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?
+        .block_on(run_keys(args))
+}
+
 pub async fn run_keys(args: KeysArgs) -> anyhow::Result<()> {
     let store = open_store(&args.store)
         .await
         .context("cannot open the key database")?;
-    let result = run(&*store, args.command, &mut std::io::stdout(), &mut std::io::stderr()).await;
+    let result = run(
+        &*store,
+        args.command,
+        &mut std::io::stdout(),
+        &mut std::io::stderr(),
+    )
+    .await;
     store.close().await.context("closing the key database")?;
     result
 }
@@ -37,9 +52,7 @@ pub async fn run(
             let name = name.trim();
             anyhow::ensure!(!name.is_empty(), "--name must not be empty");
             let key = NewKey::generate().context("no randomness from the operating system")?;
-            let record = store
-                .create_key(name, key.hash, rate_limit, quota)
-                .await?;
+            let record = store.create_key(name, key.hash, rate_limit, quota).await?;
             writeln!(out, "{}", key.secret)?;
             out.flush()?;
             writeln!(

@@ -17,12 +17,17 @@ use crate::fetch::FetchConfig;
 pub struct StoreArgs {
     /// Directory for the service's state; the key database is
     /// `<data-dir>/photolabel.db`.
-    #[arg(long, env = "PHOTOLABEL_DATA_DIR", default_value = "./photolabel-data")]
+    #[arg(
+        long,
+        env = "PHOTOLABEL_DATA_DIR",
+        default_value = "./photolabel-data",
+        global = true
+    )]
     pub data_dir: PathBuf,
 
     /// Database URL overriding `--data-dir` (only `sqlite:` URLs are
     /// supported for now, e.g. `sqlite:///var/lib/photolabel/keys.db`).
-    #[arg(long, env = "PHOTOLABEL_DATABASE_URL")]
+    #[arg(long, env = "PHOTOLABEL_DATABASE_URL", global = true)]
     pub database_url: Option<String>,
 }
 
@@ -43,8 +48,10 @@ pub struct ServeArgs {
     pub max_body_bytes: usize,
 
     /// Largest image in pixels (width × height), checked in the header
-    /// before decoding; larger images get 400.
-    #[arg(long, env = "PHOTOLABEL_MAX_PIXELS", default_value_t = 50_000_000)]
+    /// before decoding; larger images get 400. Not a flag of its own: the
+    /// binary's model flags own `--max-pixels` and [`crate::serve_main`]
+    /// copies it here.
+    #[arg(skip = photolabel_vision::ImageLimits::default().max_pixels)]
     pub max_pixels: u64,
 
     /// Seconds a client may take to send the request headers.
@@ -127,7 +134,8 @@ impl ServeArgs {
     }
 }
 
-/// `photolabel keys`: manage API keys in the shared database.
+/// `photolabel keys`: manage API keys in the database `serve` uses.
+/// `--data-dir`/`--database-url` may come before or after the subcommand.
 #[derive(Debug, Clone, Args)]
 pub struct KeysArgs {
     #[command(flatten)]
@@ -185,6 +193,20 @@ mod tests {
         assert_eq!(parse_rate_limit("5"), Ok(5));
         assert!(parse_rate_limit("0/min").is_err());
         assert!(parse_rate_limit("many").is_err());
+    }
+
+    #[test]
+    fn store_flags_work_after_the_keys_subcommand() {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Wrapper {
+            #[command(flatten)]
+            keys: KeysArgs,
+        }
+        let parsed = Wrapper::parse_from(["keys", "create", "--name", "a", "--data-dir", "/x"]);
+        assert_eq!(parsed.keys.store.data_dir, std::path::PathBuf::from("/x"));
+        let parsed = Wrapper::parse_from(["keys", "--data-dir", "/y", "list"]);
+        assert_eq!(parsed.keys.store.data_dir, std::path::PathBuf::from("/y"));
     }
 
     #[test]

@@ -18,8 +18,14 @@ const CSS: &[u8] = include_bytes!("../assets/swagger-ui/swagger-ui.css");
 
 pub fn router() -> Router<Arc<AppState>> {
     Router::new()
-        .route("/docs", get(|| async { asset(INDEX.as_bytes(), "text/html; charset=utf-8") }))
-        .route("/docs/", get(|| async { asset(INDEX.as_bytes(), "text/html; charset=utf-8") }))
+        .route(
+            "/docs",
+            get(|| async { asset(INDEX.as_bytes(), "text/html; charset=utf-8") }),
+        )
+        .route(
+            "/docs/",
+            get(|| async { asset(INDEX.as_bytes(), "text/html; charset=utf-8") }),
+        )
         .route(
             "/docs/swagger-initializer.js",
             get(|| async { asset(INITIALIZER.as_bytes(), "text/javascript; charset=utf-8") }),
@@ -38,7 +44,10 @@ fn asset(body: &'static [u8], content_type: &'static str) -> Response {
     (
         [
             (CONTENT_TYPE, HeaderValue::from_static(content_type)),
-            (CACHE_CONTROL, HeaderValue::from_static("public, max-age=3600")),
+            (
+                CACHE_CONTROL,
+                HeaderValue::from_static("public, max-age=3600"),
+            ),
             (X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff")),
         ],
         body,

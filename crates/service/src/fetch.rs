@@ -152,7 +152,11 @@ pub fn is_public(ip: IpAddr) -> bool {
 }
 
 fn in_v4(ip: Ipv4Addr, net: [u8; 4], prefix: u32) -> bool {
-    let mask = if prefix == 0 { 0 } else { u32::MAX << (32 - prefix) };
+    let mask = if prefix == 0 {
+        0
+    } else {
+        u32::MAX << (32 - prefix)
+    };
     (u32::from(ip) & mask) == (u32::from(Ipv4Addr::from(net)) & mask)
 }
 
@@ -180,7 +184,11 @@ fn is_public_v4(ip: Ipv4Addr) -> bool {
 }
 
 fn in_v6(ip: Ipv6Addr, net: [u16; 8], prefix: u32) -> bool {
-    let mask = if prefix == 0 { 0 } else { u128::MAX << (128 - prefix) };
+    let mask = if prefix == 0 {
+        0
+    } else {
+        u128::MAX << (128 - prefix)
+    };
     (u128::from(ip) & mask) == (u128::from(Ipv6Addr::from(net)) & mask)
 }
 
@@ -204,16 +212,16 @@ fn is_public_v6(ip: Ipv6Addr) -> bool {
         return is_public_v4(v4);
     }
     const FORBIDDEN: &[([u16; 8], u32)] = &[
-        ([0x64, 0xff9b, 1, 0, 0, 0, 0, 0], 48), // local-use NAT64
-        ([0x100, 0, 0, 0, 0, 0, 0, 0], 64),     // discard-only
-        ([0x2001, 0, 0, 0, 0, 0, 0, 0], 23),    // IETF protocol assignments, Teredo
+        ([0x64, 0xff9b, 1, 0, 0, 0, 0, 0], 48),  // local-use NAT64
+        ([0x100, 0, 0, 0, 0, 0, 0, 0], 64),      // discard-only
+        ([0x2001, 0, 0, 0, 0, 0, 0, 0], 23),     // IETF protocol assignments, Teredo
         ([0x2001, 0xdb8, 0, 0, 0, 0, 0, 0], 32), // documentation
-        ([0x3fff, 0, 0, 0, 0, 0, 0, 0], 20),    // documentation
-        ([0x5f00, 0, 0, 0, 0, 0, 0, 0], 16),    // SRv6 SIDs
-        ([0xfc00, 0, 0, 0, 0, 0, 0, 0], 7),     // unique local
-        ([0xfe80, 0, 0, 0, 0, 0, 0, 0], 10),    // link-local
-        ([0xfec0, 0, 0, 0, 0, 0, 0, 0], 10),    // site-local (deprecated)
-        ([0xff00, 0, 0, 0, 0, 0, 0, 0], 8),     // multicast
+        ([0x3fff, 0, 0, 0, 0, 0, 0, 0], 20),     // documentation
+        ([0x5f00, 0, 0, 0, 0, 0, 0, 0], 16),     // SRv6 SIDs
+        ([0xfc00, 0, 0, 0, 0, 0, 0, 0], 7),      // unique local
+        ([0xfe80, 0, 0, 0, 0, 0, 0, 0], 10),     // link-local
+        ([0xfec0, 0, 0, 0, 0, 0, 0, 0], 10),     // site-local (deprecated)
+        ([0xff00, 0, 0, 0, 0, 0, 0, 0], 8),      // multicast
     ];
     // Only 2000::/3 is allocated as global unicast.
     in_v6(ip, [0x2000, 0, 0, 0, 0, 0, 0, 0], 3)
@@ -236,7 +244,8 @@ impl reqwest::dns::Resolve for VettingResolver {
         let policy = self.policy.clone();
         let host = name.as_str().to_owned();
         Box::pin(async move {
-            let refuse = |e: FetchError| -> Box<dyn std::error::Error + Send + Sync> { Box::new(e) };
+            let refuse =
+                |e: FetchError| -> Box<dyn std::error::Error + Send + Sync> { Box::new(e) };
             let ips = resolver
                 .resolve(&host)
                 .await
@@ -355,7 +364,10 @@ impl Fetcher {
                     USER_AGENT,
                     HeaderValue::from_static(concat!("photolabel/", env!("CARGO_PKG_VERSION"))),
                 )
-                .header(ACCEPT, HeaderValue::from_static("image/jpeg, image/png, image/*"))
+                .header(
+                    ACCEPT,
+                    HeaderValue::from_static("image/jpeg, image/png, image/*"),
+                )
                 .send()
                 .await
                 .map_err(classify)?;
@@ -385,7 +397,10 @@ impl Fetcher {
 
     async fn read_body(&self, mut response: reqwest::Response) -> Result<Bytes, FetchError> {
         let max = self.config.max_bytes;
-        if response.content_length().is_some_and(|len| len > max as u64) {
+        if response
+            .content_length()
+            .is_some_and(|len| len > max as u64)
+        {
             return Err(FetchError::TooLarge(max));
         }
         let mut body = BytesMut::new();
@@ -503,11 +518,17 @@ mod tests {
         ] {
             let url = Url::parse(s).expect("parses");
             assert!(
-                matches!(fetcher.check_url(&url), Err(FetchError::ForbiddenAddress(_))),
+                matches!(
+                    fetcher.check_url(&url),
+                    Err(FetchError::ForbiddenAddress(_))
+                ),
                 "{s}"
             );
         }
         let url = Url::parse("http://user:pw@example.com/").expect("parses");
-        assert!(matches!(fetcher.check_url(&url), Err(FetchError::Credentials)));
+        assert!(matches!(
+            fetcher.check_url(&url),
+            Err(FetchError::Credentials)
+        ));
     }
 }

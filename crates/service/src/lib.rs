@@ -1,9 +1,11 @@
 //! photolabel's HTTP service: the Altum-compatible labelling API, API keys
 //! and the usage ledger, safe URL fetching, and the model worker.
 //!
-//! The binary calls [`run_serve`] (or [`run_serve_loading`]) for
-//! `photolabel serve` and [`run_keys`] for `photolabel keys`, with the clap
-//! argument structs [`ServeArgs`] and [`KeysArgs`].
+//! The binary calls [`serve_main`] for `photolabel serve` and [`keys_main`]
+//! for `photolabel keys` (synchronous; they start their own tokio runtime),
+//! with the clap argument structs [`ServeArgs`] and [`KeysArgs`]. The async
+//! [`run_serve`], [`run_serve_loading`] and [`run_keys`] are there for a
+//! caller that already has a runtime.
 //!
 //! - [`api`]: router and handlers; [`error`]: every client-visible error.
 //! - [`auth`]: `x-api-key`, rate limits, quotas; [`keys`]: key generation
@@ -27,7 +29,7 @@ pub mod store;
 pub mod telemetry;
 pub mod worker;
 
-pub use cli::run_keys;
+pub use cli::{keys_main, run_keys};
 pub use config::{KeysArgs, KeysCommand, ServeArgs, StoreArgs};
 pub use error::ApiError;
-pub use server::{run_serve, run_serve_loading, Server};
+pub use server::{run_serve, run_serve_loading, serve_main, Server};

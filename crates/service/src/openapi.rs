@@ -133,7 +133,9 @@ pub struct Message {
 #[derive(ToSchema, Serialize)]
 pub struct InvalidKey {
     #[serde(rename = "Output")]
-    #[schema(example = "The API key in the x-api-key header is not valid: it is unknown or has been revoked.")]
+    #[schema(
+        example = "The API key in the x-api-key header is not valid: it is unknown or has been revoked."
+    )]
     pub output: String,
 }
 

@@ -14,7 +14,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use photolabel_taxonomy::DecisionRules;
-use photolabel_vision::{ImageLimits, Labeller};
+use photolabel_vision::{ImageLimits, Labeller, ModelConfig};
 use tokio::net::TcpListener;
 use tower::ServiceExt as _;
 
@@ -26,6 +26,26 @@ use crate::limits::BodyLimits;
 use crate::store::{open_store, Store};
 use crate::telemetry;
 use crate::worker::{spawn_worker, Model, ModelState, WorkerHandle};
+
+/// `photolabel serve` for a synchronous `main`: starts the tokio runtime,
+/// listens at once, loads the model described by `model` on the worker
+/// thread (`/health` is 503 until it is loaded) and serves until SIGTERM or
+/// Ctrl-C. `limits` (from the model flags' `--max-pixels`) caps uploads.
+pub fn serve_main(
+    mut args: ServeArgs,
+    model: ModelConfig,
+    limits: ImageLimits,
+) -> anyhow::Result<()> {
+    args.max_pixels = limits.max_pixels;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("photolabel-http")
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(run_serve_loading(args, move || {
+        Labeller::load(&model).map_err(|e| e.to_string())
+    }))
+}
 
 /// Runs `photolabel serve` with a model that is already loaded, until
 /// SIGTERM or Ctrl-C.
@@ -65,9 +85,15 @@ fn validate(args: &ServeArgs) -> anyhow::Result<()> {
         (0.0..=100.0).contains(&args.second_scene_threshold),
         "--second-scene-threshold must be a percentage between 0 and 100"
     );
-    anyhow::ensure!(args.queue_capacity > 0, "--queue-capacity must be at least 1");
+    anyhow::ensure!(
+        args.queue_capacity > 0,
+        "--queue-capacity must be at least 1"
+    );
     anyhow::ensure!(args.max_batch > 0, "--max-batch must be at least 1");
-    anyhow::ensure!(args.max_body_bytes > 0, "--max-body-bytes must be at least 1");
+    anyhow::ensure!(
+        args.max_body_bytes > 0,
+        "--max-body-bytes must be at least 1"
+    );
     anyhow::ensure!(args.max_pixels > 0, "--max-pixels must be at least 1");
     anyhow::ensure!(
         args.header_timeout > 0 && args.body_timeout > 0 && args.request_timeout > 0,

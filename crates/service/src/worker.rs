@@ -230,8 +230,10 @@ fn run<M: Model>(
         if jobs.is_empty() {
             continue;
         }
-        let (batch, replies): (Vec<Prepared>, Vec<_>) =
-            jobs.into_iter().map(|job| (job.prepared, job.reply)).unzip();
+        let (batch, replies): (Vec<Prepared>, Vec<_>) = jobs
+            .into_iter()
+            .map(|job| (job.prepared, job.reply))
+            .unzip();
         let started = Instant::now();
         let result = catch_unwind(AssertUnwindSafe(|| model.label(&batch)));
         metrics::histogram!("photolabel_inference_seconds").record(started.elapsed().as_secs_f64());

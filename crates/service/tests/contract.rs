@@ -44,25 +44,36 @@ async fn upload_success_png() {
 async fn upload_ignores_other_fields() {
     let app = fixed_app(indoor_probabilities()).await;
     let key = app.create_key("acme", None, None).await;
-    let mut body = format!(
-        "--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"note\"\r\n\r\nhello\r\n"
-    )
-    .into_bytes();
-    body.extend(multipart_body("image", "k.jpg", "image/jpeg", &fixture("kitchen.jpg")));
+    let mut body =
+        format!("--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"note\"\r\n\r\nhello\r\n")
+            .into_bytes();
+    body.extend(multipart_body(
+        "image",
+        "k.jpg",
+        "image/jpeg",
+        &fixture("kitchen.jpg"),
+    ));
     let (status, body) = app.send(upload_request(Some(&key), body)).await;
     assert_eq!((status, body.as_str()), (StatusCode::OK, INDOOR_BODY));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn url_success_outdoor_shape() {
-    let server = TestServer::start("127.0.0.1", serve_bytes(fixture("facade.jpg"), "image/jpeg")).await;
+    let server = TestServer::start(
+        "127.0.0.1",
+        serve_bytes(fixture("facade.jpg"), "image/jpeg"),
+    )
+    .await;
     let app = AppBuilder::new()
         .args(|a| a.allow_private_urls = true)
         .build(FixedModel(outdoor_probabilities()))
         .await;
     let key = app.create_key("acme", None, None).await;
     let (status, body) = app
-        .send(url_request(Some(&key), &url_json(&server.url("/facade.jpg"))))
+        .send(url_request(
+            Some(&key),
+            &url_json(&server.url("/facade.jpg")),
+        ))
         .await;
     assert_eq!((status, body.as_str()), (StatusCode::OK, OUTDOOR_BODY));
     assert_eq!(server.hits(), vec!["/facade.jpg"]);
@@ -70,7 +81,11 @@ async fn url_success_outdoor_shape() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn url_follows_a_redirect_it_may_follow() {
-    let image = TestServer::start("127.0.0.1", serve_bytes(fixture("kitchen.jpg"), "image/jpeg")).await;
+    let image = TestServer::start(
+        "127.0.0.1",
+        serve_bytes(fixture("kitchen.jpg"), "image/jpeg"),
+    )
+    .await;
     let target = image.url("/final.jpg");
     let redirector = TestServer::start(
         "127.0.0.1",
@@ -86,7 +101,10 @@ async fn url_follows_a_redirect_it_may_follow() {
         .await;
     let key = app.create_key("acme", None, None).await;
     let (status, body) = app
-        .send(url_request(Some(&key), &url_json(&redirector.url("/start.jpg"))))
+        .send(url_request(
+            Some(&key),
+            &url_json(&redirector.url("/start.jpg")),
+        ))
         .await;
     assert_eq!((status, body.as_str()), (StatusCode::OK, INDOOR_BODY));
     assert_eq!(image.hits(), vec!["/final.jpg"]);
@@ -99,16 +117,27 @@ async fn upload_of_zero_bytes_is_400() {
     let app = fixed_app(indoor_probabilities()).await;
     let key = app.create_key("acme", None, None).await;
     let (status, body) = app.send(upload(Some(&key), b"")).await;
-    assert_eq!((status, body.as_str()), (StatusCode::BAD_REQUEST, IMAGE_400));
+    assert_eq!(
+        (status, body.as_str()),
+        (StatusCode::BAD_REQUEST, IMAGE_400)
+    );
 }
 
 #[tokio::test]
 async fn upload_of_text_named_jpg_is_400() {
     let app = fixed_app(indoor_probabilities()).await;
     let key = app.create_key("acme", None, None).await;
-    let body = multipart_body("image", "photo.jpg", "image/jpeg", b"<html>not a photo</html>");
+    let body = multipart_body(
+        "image",
+        "photo.jpg",
+        "image/jpeg",
+        b"<html>not a photo</html>",
+    );
     let (status, body) = app.send(upload_request(Some(&key), body)).await;
-    assert_eq!((status, body.as_str()), (StatusCode::BAD_REQUEST, IMAGE_400));
+    assert_eq!(
+        (status, body.as_str()),
+        (StatusCode::BAD_REQUEST, IMAGE_400)
+    );
 }
 
 #[tokio::test]
@@ -117,16 +146,27 @@ async fn upload_of_truncated_jpeg_is_400() {
     let key = app.create_key("acme", None, None).await;
     let jpeg = fixture("kitchen.jpg");
     let (status, body) = app.send(upload(Some(&key), &jpeg[..200])).await;
-    assert_eq!((status, body.as_str()), (StatusCode::BAD_REQUEST, IMAGE_400));
+    assert_eq!(
+        (status, body.as_str()),
+        (StatusCode::BAD_REQUEST, IMAGE_400)
+    );
 }
 
 #[tokio::test]
 async fn upload_of_png_claiming_100000_squared_pixels_is_400() {
     let app = fixed_app(indoor_probabilities()).await;
     let key = app.create_key("acme", None, None).await;
-    let body = multipart_body("image", "bomb.png", "image/png", &png_claiming(100_000, 100_000));
+    let body = multipart_body(
+        "image",
+        "bomb.png",
+        "image/png",
+        &png_claiming(100_000, 100_000),
+    );
     let (status, body) = app.send(upload_request(Some(&key), body)).await;
-    assert_eq!((status, body.as_str()), (StatusCode::BAD_REQUEST, IMAGE_400));
+    assert_eq!(
+        (status, body.as_str()),
+        (StatusCode::BAD_REQUEST, IMAGE_400)
+    );
 }
 
 #[tokio::test]
@@ -137,12 +177,19 @@ async fn upload_over_the_pixel_limit_is_400() {
         .await;
     let key = app.create_key("acme", None, None).await;
     let (status, body) = app.send(upload(Some(&key), &fixture("kitchen.jpg"))).await;
-    assert_eq!((status, body.as_str()), (StatusCode::BAD_REQUEST, IMAGE_400));
+    assert_eq!(
+        (status, body.as_str()),
+        (StatusCode::BAD_REQUEST, IMAGE_400)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn url_that_is_not_an_image_is_400() {
-    let server = TestServer::start("127.0.0.1", serve_bytes(b"<html></html>".to_vec(), "image/jpeg")).await;
+    let server = TestServer::start(
+        "127.0.0.1",
+        serve_bytes(b"<html></html>".to_vec(), "image/jpeg"),
+    )
+    .await;
     let app = AppBuilder::new()
         .args(|a| a.allow_private_urls = true)
         .build(FixedModel(indoor_probabilities()))
@@ -174,7 +221,11 @@ async fn url_answering_404_is_400() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn url_body_over_the_download_cap_is_400() {
-    let server = TestServer::start("127.0.0.1", serve_bytes(fixture("kitchen.jpg"), "image/jpeg")).await;
+    let server = TestServer::start(
+        "127.0.0.1",
+        serve_bytes(fixture("kitchen.jpg"), "image/jpeg"),
+    )
+    .await;
     let app = AppBuilder::new()
         .args(|a| {
             a.allow_private_urls = true;
@@ -193,9 +244,19 @@ async fn url_body_over_the_download_cap_is_400() {
 async fn malformed_url_is_400() {
     let app = fixed_app(indoor_probabilities()).await;
     let key = app.create_key("acme", None, None).await;
-    for url in ["", "not a url", "http://", "https://exa mple.com/a.jpg", "//example.com/a.jpg"] {
+    for url in [
+        "",
+        "not a url",
+        "http://",
+        "https://exa mple.com/a.jpg",
+        "//example.com/a.jpg",
+    ] {
         let (status, body) = app.send(url_request(Some(&key), &url_json(url))).await;
-        assert_eq!((status, body.as_str()), (StatusCode::BAD_REQUEST, URL_400), "{url:?}");
+        assert_eq!(
+            (status, body.as_str()),
+            (StatusCode::BAD_REQUEST, URL_400),
+            "{url:?}"
+        );
     }
 }
 
@@ -208,14 +269,19 @@ async fn unknown_key_is_401() {
     let expected = serde_json::json!({ "Output": photolabel_service::error::INVALID_KEY_OUTPUT });
     for request in [
         upload(Some("pl_not-a-real-key"), &fixture("kitchen.jpg")),
-        url_request(Some("pl_not-a-real-key"), &url_json("https://example.com/a.jpg")),
+        url_request(
+            Some("pl_not-a-real-key"),
+            &url_json("https://example.com/a.jpg"),
+        ),
         get("/credit", Some("wrong")),
     ] {
         let (status, body) = app.send(request).await;
         assert_eq!(status, StatusCode::UNAUTHORIZED);
         let body: serde_json::Value = serde_json::from_str(&body).expect("JSON");
         assert_eq!(body, expected);
-        assert!(expected["Output"].as_str().is_some_and(|s| s.contains("not valid")));
+        assert!(expected["Output"]
+            .as_str()
+            .is_some_and(|s| s.contains("not valid")));
     }
 }
 
@@ -261,7 +327,10 @@ async fn missing_key_is_403() {
             .expect("request"),
     ] {
         let (status, body) = app.send(request).await;
-        assert_eq!((status, body.as_str()), (StatusCode::FORBIDDEN, MISSING_403));
+        assert_eq!(
+            (status, body.as_str()),
+            (StatusCode::FORBIDDEN, MISSING_403)
+        );
     }
 }
 
@@ -277,7 +346,10 @@ async fn declared_oversize_body_is_413_before_reading() {
     // The declared length alone decides: the body here is never read.
     let request = Request::post("/labelling/img")
         .header("x-api-key", &key)
-        .header("content-type", format!("multipart/form-data; boundary={BOUNDARY}"))
+        .header(
+            "content-type",
+            format!("multipart/form-data; boundary={BOUNDARY}"),
+        )
         .header("content-length", "1000000")
         .body(Body::empty())
         .expect("request");
@@ -306,7 +378,10 @@ async fn streamed_oversize_body_is_413() {
     let stream = futures_stream(chunks);
     let request = Request::post("/labelling/img")
         .header("x-api-key", &key)
-        .header("content-type", format!("multipart/form-data; boundary={BOUNDARY}"))
+        .header(
+            "content-type",
+            format!("multipart/form-data; boundary={BOUNDARY}"),
+        )
         .body(Body::from_stream(stream))
         .expect("request");
     let (status, body) = app.send(request).await;
@@ -340,7 +415,10 @@ async fn upload_without_image_field_is_422() {
     let key = app.create_key("acme", None, None).await;
     let body = multipart_body("photo", "k.jpg", "image/jpeg", &fixture("kitchen.jpg"));
     let (status, body) = app.send(upload_request(Some(&key), body)).await;
-    assert_eq!((status, body.as_str()), (StatusCode::UNPROCESSABLE_ENTITY, IMAGE_422));
+    assert_eq!(
+        (status, body.as_str()),
+        (StatusCode::UNPROCESSABLE_ENTITY, IMAGE_422)
+    );
 }
 
 #[tokio::test]
@@ -360,7 +438,10 @@ async fn upload_that_is_not_multipart_is_422() {
         upload_request(Some(&key), b"--garbage".to_vec()),
     ] {
         let (status, body) = app.send(request).await;
-        assert_eq!((status, body.as_str()), (StatusCode::UNPROCESSABLE_ENTITY, IMAGE_422));
+        assert_eq!(
+            (status, body.as_str()),
+            (StatusCode::UNPROCESSABLE_ENTITY, IMAGE_422)
+        );
     }
 }
 
@@ -368,9 +449,19 @@ async fn upload_that_is_not_multipart_is_422() {
 async fn url_without_url_field_or_with_malformed_json_is_422() {
     let app = fixed_app(indoor_probabilities()).await;
     let key = app.create_key("acme", None, None).await;
-    for json in [r#"{}"#, r#"{"link": "https://example.com/a.jpg"}"#, r#"{"url": "#, "", r#"{"url": 42}"#] {
+    for json in [
+        r#"{}"#,
+        r#"{"link": "https://example.com/a.jpg"}"#,
+        r#"{"url": "#,
+        "",
+        r#"{"url": 42}"#,
+    ] {
         let (status, body) = app.send(url_request(Some(&key), json)).await;
-        assert_eq!((status, body.as_str()), (StatusCode::UNPROCESSABLE_ENTITY, URL_422), "{json:?}");
+        assert_eq!(
+            (status, body.as_str()),
+            (StatusCode::UNPROCESSABLE_ENTITY, URL_422),
+            "{json:?}"
+        );
     }
 }
 
@@ -392,7 +483,9 @@ async fn rate_limit_gives_429() {
     );
     // Another key is not affected.
     let other = app.create_key("other", Some(2), None).await;
-    let (status, _) = app.send(upload(Some(&other), &fixture("kitchen.jpg"))).await;
+    let (status, _) = app
+        .send(upload(Some(&other), &fixture("kitchen.jpg")))
+        .await;
     assert_eq!(status, StatusCode::OK);
 }
 
@@ -418,7 +511,10 @@ async fn model_panic_is_500_and_the_worker_survives() {
     let key = app.create_key("acme", None, None).await;
     for _ in 0..2 {
         let (status, body) = app.send(upload(Some(&key), &fixture("kitchen.jpg"))).await;
-        assert_eq!((status, body.as_str()), (StatusCode::INTERNAL_SERVER_ERROR, INTERNAL_500));
+        assert_eq!(
+            (status, body.as_str()),
+            (StatusCode::INTERNAL_SERVER_ERROR, INTERNAL_500)
+        );
     }
 }
 
@@ -431,14 +527,15 @@ async fn handler_panic_is_500() {
     use axum::routing::get as get_route;
     let app = fixed_app(indoor_probabilities()).await;
     let router = photolabel_service::api::with_layers(
-        photolabel_service::api::routes(app.state.clone()).route(
-            "/panic",
-            get_route(panicking_handler),
-        ),
+        photolabel_service::api::routes(app.state.clone())
+            .route("/panic", get_route(panicking_handler)),
         app.state.body_limits,
     );
     let (status, body) = send(&router, get("/panic", None)).await;
-    assert_eq!((status, body.as_str()), (StatusCode::INTERNAL_SERVER_ERROR, INTERNAL_500));
+    assert_eq!(
+        (status, body.as_str()),
+        (StatusCode::INTERNAL_SERVER_ERROR, INTERNAL_500)
+    );
 }
 
 // ---- 503 ------------------------------------------------------------------
@@ -485,15 +582,27 @@ async fn model_still_loading_is_503_and_health_says_so() {
         .await;
     let key = app.create_key("acme", None, None).await;
     let (status, body) = app.send(get("/health", None)).await;
-    assert_eq!((status, body.as_str()), (StatusCode::SERVICE_UNAVAILABLE, r#"{"status":"loading"}"#));
+    assert_eq!(
+        (status, body.as_str()),
+        (StatusCode::SERVICE_UNAVAILABLE, r#"{"status":"loading"}"#)
+    );
     let (status, body) = app.send(upload(Some(&key), &fixture("kitchen.jpg"))).await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
-    assert_eq!(body, r#"{"detail":"The model is still loading; retry shortly"}"#);
+    assert_eq!(
+        body,
+        r#"{"detail":"The model is still loading; retry shortly"}"#
+    );
 
     release.send(()).expect("release loading");
-    assert!(matches!(app.state.worker.wait_loaded().await, ModelState::Ready(_)));
+    assert!(matches!(
+        app.state.worker.wait_loaded().await,
+        ModelState::Ready(_)
+    ));
     let (status, body) = app.send(get("/health", None)).await;
-    assert_eq!((status, body.as_str()), (StatusCode::OK, r#"{"status":"ok","engine":"fixed"}"#));
+    assert_eq!(
+        (status, body.as_str()),
+        (StatusCode::OK, r#"{"status":"ok","engine":"fixed"}"#)
+    );
 }
 
 // ---- the rest of the surface --------------------------------------------
@@ -524,11 +633,17 @@ async fn ledger_counts_successful_calls_only() {
 async fn unknown_path_and_wrong_method_are_json() {
     let app = fixed_app(indoor_probabilities()).await;
     let (status, body) = app.send(get("/nope", None)).await;
-    assert_eq!((status, body.as_str()), (StatusCode::NOT_FOUND, r#"{"detail":"Not Found"}"#));
+    assert_eq!(
+        (status, body.as_str()),
+        (StatusCode::NOT_FOUND, r#"{"detail":"Not Found"}"#)
+    );
     let (status, body) = app.send(get("/labelling/img", None)).await;
     assert_eq!(
         (status, body.as_str()),
-        (StatusCode::METHOD_NOT_ALLOWED, r#"{"detail":"Method Not Allowed"}"#)
+        (
+            StatusCode::METHOD_NOT_ALLOWED,
+            r#"{"detail":"Method Not Allowed"}"#
+        )
     );
 }
 
@@ -559,7 +674,10 @@ async fn swagger_ui_is_served_from_the_binary() {
     let (status, html) = app.send(get("/docs", None)).await;
     assert_eq!(status, StatusCode::OK);
     assert!(html.contains("/docs/swagger-ui-bundle.js"));
-    assert!(!html.contains("http://") && !html.contains("https://"), "nothing from a CDN");
+    assert!(
+        !html.contains("http://") && !html.contains("https://"),
+        "nothing from a CDN"
+    );
     let (status, js) = app.send(get("/docs/swagger-initializer.js", None)).await;
     assert_eq!(status, StatusCode::OK);
     assert!(js.contains("/labelling/openapi"));

@@ -68,17 +68,27 @@ async fn create_list_revoke() {
     assert_eq!(record.rate_limit_per_minute, Some(60));
     store.close().await.expect("close");
 
-    let (_, err) = exec(&args, KeysCommand::Revoke { id_or_name: "1".into() })
-        .await
-        .expect("revoke");
+    let (_, err) = exec(
+        &args,
+        KeysCommand::Revoke {
+            id_or_name: "1".into(),
+        },
+    )
+    .await
+    .expect("revoke");
     assert!(err.contains("revoked key 1"));
     let (list, _) = exec(&args, KeysCommand::List).await.expect("list");
     let line = list.lines().find(|l| l.contains("acme")).expect("row");
     assert!(line.matches('Z').count() >= 2, "revoked time shown: {line}");
 
-    assert!(exec(&args, KeysCommand::Revoke { id_or_name: "nobody".into() })
-        .await
-        .is_err());
+    assert!(exec(
+        &args,
+        KeysCommand::Revoke {
+            id_or_name: "nobody".into()
+        }
+    )
+    .await
+    .is_err());
 }
 
 #[tokio::test]

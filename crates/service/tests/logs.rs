@@ -32,7 +32,11 @@ async fn the_key_never_appears_in_logs() {
         .with_writer(move || writer.clone())
         .init();
 
-    let server = TestServer::start("127.0.0.1", serve_bytes(fixture("kitchen.jpg"), "image/jpeg")).await;
+    let server = TestServer::start(
+        "127.0.0.1",
+        serve_bytes(fixture("kitchen.jpg"), "image/jpeg"),
+    )
+    .await;
     let app = AppBuilder::new()
         .args(|a| a.allow_private_urls = true)
         .build(FixedModel(indoor_probabilities()))
@@ -41,7 +45,9 @@ async fn the_key_never_appears_in_logs() {
     let revoked = app.create_key("gone", None, None).await;
     photolabel_service::cli::run(
         &*app.store,
-        photolabel_service::KeysCommand::Revoke { id_or_name: "gone".into() },
+        photolabel_service::KeysCommand::Revoke {
+            id_or_name: "gone".into(),
+        },
         &mut Vec::new(),
         &mut Vec::new(),
     )
@@ -49,12 +55,20 @@ async fn the_key_never_appears_in_logs() {
     .expect("revoke");
 
     let statuses = [
-        app.send(upload(Some(&key), &fixture("kitchen.jpg"))).await.0,
-        app.send(url_request(Some(&key), &url_json(&server.url("/k.jpg")))).await.0,
+        app.send(upload(Some(&key), &fixture("kitchen.jpg")))
+            .await
+            .0,
+        app.send(url_request(Some(&key), &url_json(&server.url("/k.jpg"))))
+            .await
+            .0,
         app.send(upload(Some(&key), b"not an image")).await.0,
         app.send(upload(Some(&key), b"rate limited")).await.0,
-        app.send(upload(Some(&revoked), &fixture("kitchen.jpg"))).await.0,
-        app.send(upload(Some(&format!("{key}x")), &fixture("kitchen.jpg"))).await.0,
+        app.send(upload(Some(&revoked), &fixture("kitchen.jpg")))
+            .await
+            .0,
+        app.send(upload(Some(&format!("{key}x")), &fixture("kitchen.jpg")))
+            .await
+            .0,
         app.send(get("/credit", Some(&key))).await.0,
     ];
     assert_eq!(
@@ -73,12 +87,27 @@ async fn the_key_never_appears_in_logs() {
     let logs = String::from_utf8(buffer.0.lock().expect("log buffer").clone()).expect("utf-8");
     // The log did capture the requests, with the key's id and name...
     assert!(logs.contains("key_id=1"), "logs:\n{logs}");
-    assert!(logs.contains("key_name=\"acme\"") || logs.contains("key_name=acme"), "logs:\n{logs}");
-    assert!(logs.contains("endpoint=\"/labelling/img\"") || logs.contains("endpoint=/labelling/img"), "logs:\n{logs}");
+    assert!(
+        logs.contains("key_name=\"acme\"") || logs.contains("key_name=acme"),
+        "logs:\n{logs}"
+    );
+    assert!(
+        logs.contains("endpoint=\"/labelling/img\"") || logs.contains("endpoint=/labelling/img"),
+        "logs:\n{logs}"
+    );
     // ...and never a key, nor its secret part.
     for secret in [&key, &revoked] {
-        assert!(!logs.contains(secret.as_str()), "a key leaked into the logs");
-        assert!(!logs.contains(&secret[3..]), "a key's secret part leaked into the logs");
-        assert!(!logs.contains(&secret[3..20]), "part of a key leaked into the logs");
+        assert!(
+            !logs.contains(secret.as_str()),
+            "a key leaked into the logs"
+        );
+        assert!(
+            !logs.contains(&secret[3..]),
+            "a key's secret part leaked into the logs"
+        );
+        assert!(
+            !logs.contains(&secret[3..20]),
+            "part of a key leaked into the logs"
+        );
     }
 }

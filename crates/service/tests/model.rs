@@ -15,7 +15,11 @@ fn label_of(body: &str) -> serde_json::Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn real_model_labels_fixtures_through_both_endpoints() {
-    let server = TestServer::start("127.0.0.1", serve_bytes(fixture("facade.jpg"), "image/jpeg")).await;
+    let server = TestServer::start(
+        "127.0.0.1",
+        serve_bytes(fixture("facade.jpg"), "image/jpeg"),
+    )
+    .await;
     let app = AppBuilder::new()
         .args(|a| a.allow_private_urls = true)
         .build_loading(|| Labeller::load(&ModelConfig::default()).map_err(|e| e.to_string()))
@@ -34,7 +38,10 @@ async fn real_model_labels_fixtures_through_both_endpoints() {
     assert_eq!(output["Room_Class"], "kitchen", "{body}");
 
     let (status, body) = app
-        .send(url_request(Some(&key), &url_json(&server.url("/facade.jpg"))))
+        .send(url_request(
+            Some(&key),
+            &url_json(&server.url("/facade.jpg")),
+        ))
         .await;
     assert_eq!(status, StatusCode::OK, "{body}");
     let output = label_of(&body);

@@ -13,7 +13,9 @@ async fn shutdown_finishes_in_flight_requests() {
     let mut args = ServeArgs::defaults();
     args.store.data_dir = dir.path().to_path_buf();
     let (model, mut gate) = gate_model(indoor_probabilities());
-    let server = Server::start(&args, move || Ok(model)).await.expect("start");
+    let server = Server::start(&args, move || Ok(model))
+        .await
+        .expect("start");
     server.state().worker.wait_loaded().await;
     let store = server.state().store.clone();
     let key = {
@@ -33,14 +35,19 @@ async fn shutdown_finishes_in_flight_requests() {
         String::from_utf8(out).expect("utf-8").trim().to_owned()
     };
 
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
     let addr = listener.local_addr().expect("addr");
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let serving = tokio::spawn(server.serve(listener, async {
         let _ = stopped.await;
     }));
 
-    let client = reqwest::Client::builder().no_proxy().build().expect("client");
+    let client = reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .expect("client");
     let health = client
         .get(format!("http://{addr}/health"))
         .send()
@@ -54,11 +61,17 @@ async fn shutdown_finishes_in_flight_requests() {
         client
             .post(format!("http://{addr}/labelling/img"))
             .header("x-api-key", &key)
-            .header("content-type", format!("multipart/form-data; boundary={BOUNDARY}"))
+            .header(
+                "content-type",
+                format!("multipart/form-data; boundary={BOUNDARY}"),
+            )
             .body(body)
             .send(),
     );
-    gate.entered.recv().await.expect("request reached the model");
+    gate.entered
+        .recv()
+        .await
+        .expect("request reached the model");
     stop.send(()).expect("signal shutdown");
 
     // New connections are refused once the listener is closed; the request
@@ -69,11 +82,15 @@ async fn shutdown_finishes_in_flight_requests() {
     assert_eq!(response.text().await.expect("body"), INDOOR_BODY);
 
     serving.await.expect("join").expect("clean shutdown");
-    assert!(tokio::net::TcpStream::connect(addr).await.is_err(), "no longer listening");
+    assert!(
+        tokio::net::TcpStream::connect(addr).await.is_err(),
+        "no longer listening"
+    );
     // The count was committed before the answer left, and survives.
-    let reopened = photolabel_service::store::SqliteStore::open_file(&dir.path().join("photolabel.db"))
-        .await
-        .expect("reopen");
+    let reopened =
+        photolabel_service::store::SqliteStore::open_file(&dir.path().join("photolabel.db"))
+            .await
+            .expect("reopen");
     use photolabel_service::store::Store as _;
     let usage = reopened.usage(1).await.expect("usage").expect("key 1");
     assert_eq!(usage.calls_used, 1);

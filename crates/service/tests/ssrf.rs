@@ -38,7 +38,9 @@ impl AddressPolicy for AllowOne {
 }
 
 async fn default_app() -> (TestApp, String) {
-    let app = AppBuilder::new().build(FixedModel(indoor_probabilities())).await;
+    let app = AppBuilder::new()
+        .build(FixedModel(indoor_probabilities()))
+        .await;
     assert!(!app.args.allow_private_urls, "default settings");
     let key = app.create_key("acme", None, None).await;
     (app, key)
@@ -112,7 +114,14 @@ async fn a_listener_on_ipv6_loopback_gets_no_connection() {
 async fn other_schemes_and_huge_urls_are_refused() {
     let (app, key) = default_app().await;
     let long = format!("http://example.com/{}", "a".repeat(10_000));
-    for url in ["file:///etc/passwd", "ftp://example.com/a.jpg", "gopher://example.com/", "data:image/png;base64,AAAA", "javascript:alert(1)", long.as_str()] {
+    for url in [
+        "file:///etc/passwd",
+        "ftp://example.com/a.jpg",
+        "gopher://example.com/",
+        "data:image/png;base64,AAAA",
+        "javascript:alert(1)",
+        long.as_str(),
+    ] {
         assert_refused(&app, &key, url).await;
     }
     assert!(long.len() > 10_000);
@@ -166,7 +175,11 @@ async fn a_redirect_to_loopback_is_refused_without_connecting() {
         .await;
     let key = app.create_key("acme", None, None).await;
     assert_refused(&app, &key, &public.url("/photo.jpg")).await;
-    assert_eq!(public.hits(), vec!["/photo.jpg"], "the first hop was fetched");
+    assert_eq!(
+        public.hits(),
+        vec!["/photo.jpg"],
+        "the first hop was fetched"
+    );
     assert_eq!(tripwire.connections(), 0, "the redirect target was not");
 }
 
@@ -208,7 +221,11 @@ async fn allow_private_urls_lifts_only_the_address_check() {
 /// which shows that the client connects to the checked addresses.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_injected_resolver_decides_where_the_client_connects() {
-    let server = TestServer::start("127.0.0.1", serve_bytes(fixture("kitchen.jpg"), "image/jpeg")).await;
+    let server = TestServer::start(
+        "127.0.0.1",
+        serve_bytes(fixture("kitchen.jpg"), "image/jpeg"),
+    )
+    .await;
     let fetcher = Fetcher::with_parts(
         FetchConfig::default(),
         Arc::new(FixedResolver(server.addr.ip())),

@@ -125,7 +125,10 @@ mod tests {
         for c in SceneClass::ALL {
             assert_eq!(SceneClass::from_name(c.name()).unwrap(), *c);
         }
-        assert_eq!("balcony-garden".parse::<SceneClass>().unwrap(), SceneClass::BalconyGarden);
+        assert_eq!(
+            "balcony-garden".parse::<SceneClass>().unwrap(),
+            SceneClass::BalconyGarden
+        );
         assert_eq!(RoomClass::OtherRoom.to_string(), "other_room");
         assert_eq!(RoomSubclass::Scullery.index(), 2);
         assert_eq!(ImageClass::ALL.len(), 3);
@@ -135,6 +138,9 @@ mod tests {
     fn unknown_names_are_refused() {
         let err = "garage".parse::<SceneClass>().unwrap_err();
         assert_eq!(err.to_string(), "unknown scene class \"garage\"");
-        assert!("Kitchen".parse::<RoomClass>().is_err(), "names are case-sensitive");
+        assert!(
+            "Kitchen".parse::<RoomClass>().is_err(),
+            "names are case-sensitive"
+        );
     }
 }

@@ -256,7 +256,12 @@ pub fn decide(probabilities: &StageProbabilities, rules: &DecisionRules) -> Labe
 mod tests {
     use super::*;
 
-    fn probabilities(image: [f64; 3], room: [f64; 5], sub: [f64; 3], scene: [f64; 6]) -> StageProbabilities {
+    fn probabilities(
+        image: [f64; 3],
+        room: [f64; 5],
+        sub: [f64; 3],
+        scene: [f64; 6],
+    ) -> StageProbabilities {
         StageProbabilities {
             image: Distribution::new(image.to_vec()).unwrap(),
             room: Distribution::new(room.to_vec()).unwrap(),
@@ -276,7 +281,12 @@ mod tests {
 
     #[test]
     fn indoor_room_without_subclass() {
-        let p = probabilities([0.999, 0.001, 0.0], [0.02, 0.95, 0.01, 0.01, 0.01], SUB, [1.0, 0.0, 0.0, 0.0, 0.0, 0.0]);
+        let p = probabilities(
+            [0.999, 0.001, 0.0],
+            [0.02, 0.95, 0.01, 0.01, 0.01],
+            SUB,
+            [1.0, 0.0, 0.0, 0.0, 0.0, 0.0],
+        );
         assert_eq!(
             json(&p, &DecisionRules::default()),
             r#"{"Output":{"Image_Class":"indoor","ConfidencePercent_Image_Class":"99.9","Room_Class":"kitchen","ConfidencePercent_Room_Class":"95.0"}}"#
@@ -285,7 +295,12 @@ mod tests {
 
     #[test]
     fn other_room_carries_its_subclass() {
-        let p = probabilities([0.999, 0.001, 0.0], [0.01, 0.01, 0.01, 0.0082, 0.9618], SUB, [1.0, 0.0, 0.0, 0.0, 0.0, 0.0]);
+        let p = probabilities(
+            [0.999, 0.001, 0.0],
+            [0.01, 0.01, 0.01, 0.0082, 0.9618],
+            SUB,
+            [1.0, 0.0, 0.0, 0.0, 0.0, 0.0],
+        );
         assert_eq!(
             json(&p, &DecisionRules::default()),
             r#"{"Output":{"Image_Class":"indoor","ConfidencePercent_Image_Class":"99.9","Room_Class":"other_room","ConfidencePercent_Room_Class":"96.18","Room_Subclass":"hall_corridor","ConfidencePercent_Room_Subclass":"87.85"}}"#
@@ -294,7 +309,12 @@ mod tests {
 
     #[test]
     fn confident_scene_has_no_second_scene() {
-        let p = probabilities([0.0001, 0.9999, 0.0], [0.2; 5], SUB, [0.9389, 0.02, 0.02, 0.0111, 0.01, 0.0]);
+        let p = probabilities(
+            [0.0001, 0.9999, 0.0],
+            [0.2; 5],
+            SUB,
+            [0.9389, 0.02, 0.02, 0.0111, 0.01, 0.0],
+        );
         assert_eq!(
             json(&p, &DecisionRules::default()),
             r#"{"Output":{"Image_Class":"outdoor","ConfidencePercent_Image_Class":"99.99","Scene_Class1":"facade","ConfidencePercent_Scene_Class1":"93.89"}}"#
@@ -303,7 +323,12 @@ mod tests {
 
     #[test]
     fn uncertain_scene_carries_the_runner_up() {
-        let p = probabilities([0.0001, 0.9999, 0.0], [0.2; 5], SUB, [0.3692, 0.01, 0.01, 0.5915, 0.0193, 0.0]);
+        let p = probabilities(
+            [0.0001, 0.9999, 0.0],
+            [0.2; 5],
+            SUB,
+            [0.3692, 0.01, 0.01, 0.5915, 0.0193, 0.0],
+        );
         assert_eq!(
             json(&p, &DecisionRules::default()),
             r#"{"Output":{"Image_Class":"outdoor","ConfidencePercent_Image_Class":"99.99","Scene_Class1":"balcony-garden","ConfidencePercent_Scene_Class1":"59.15","Scene_Class2":"facade","ConfidencePercent_Scene_Class2":"36.92"}}"#
@@ -313,29 +338,94 @@ mod tests {
     #[test]
     fn seventy_percent_rule_boundary() {
         let rules = DecisionRules::default();
-        let at = probabilities([0.0, 1.0, 0.0], [0.2; 5], SUB, [0.70, 0.2, 0.1, 0.0, 0.0, 0.0]);
-        assert!(matches!(decide(&at, &rules).detail, LabelDetail::Outdoor { second_scene: Some((SceneClass::View, _)), .. }));
+        let at = probabilities(
+            [0.0, 1.0, 0.0],
+            [0.2; 5],
+            SUB,
+            [0.70, 0.2, 0.1, 0.0, 0.0, 0.0],
+        );
+        assert!(matches!(
+            decide(&at, &rules).detail,
+            LabelDetail::Outdoor {
+                second_scene: Some((SceneClass::View, _)),
+                ..
+            }
+        ));
         // 70.004 % is shown as "70.0", so it is treated as at the threshold.
-        let shown_at = probabilities([0.0, 1.0, 0.0], [0.2; 5], SUB, [0.70004, 0.19996, 0.1, 0.0, 0.0, 0.0]);
-        assert!(matches!(decide(&shown_at, &rules).detail, LabelDetail::Outdoor { second_scene: Some(_), .. }));
-        let above = probabilities([0.0, 1.0, 0.0], [0.2; 5], SUB, [0.7001, 0.1999, 0.1, 0.0, 0.0, 0.0]);
-        assert!(matches!(decide(&above, &rules).detail, LabelDetail::Outdoor { second_scene: None, .. }));
+        let shown_at = probabilities(
+            [0.0, 1.0, 0.0],
+            [0.2; 5],
+            SUB,
+            [0.70004, 0.19996, 0.1, 0.0, 0.0, 0.0],
+        );
+        assert!(matches!(
+            decide(&shown_at, &rules).detail,
+            LabelDetail::Outdoor {
+                second_scene: Some(_),
+                ..
+            }
+        ));
+        let above = probabilities(
+            [0.0, 1.0, 0.0],
+            [0.2; 5],
+            SUB,
+            [0.7001, 0.1999, 0.1, 0.0, 0.0, 0.0],
+        );
+        assert!(matches!(
+            decide(&above, &rules).detail,
+            LabelDetail::Outdoor {
+                second_scene: None,
+                ..
+            }
+        ));
     }
 
     #[test]
     fn threshold_is_configurable() {
-        let p = probabilities([0.0, 1.0, 0.0], [0.2; 5], SUB, [0.0, 0.85, 0.15, 0.0, 0.0, 0.0]);
-        assert!(matches!(decide(&p, &DecisionRules::default()).detail, LabelDetail::Outdoor { second_scene: None, .. }));
-        let strict = DecisionRules { second_scene_threshold: 90.0 };
+        let p = probabilities(
+            [0.0, 1.0, 0.0],
+            [0.2; 5],
+            SUB,
+            [0.0, 0.85, 0.15, 0.0, 0.0, 0.0],
+        );
+        assert!(matches!(
+            decide(&p, &DecisionRules::default()).detail,
+            LabelDetail::Outdoor {
+                second_scene: None,
+                ..
+            }
+        ));
+        let strict = DecisionRules {
+            second_scene_threshold: 90.0,
+        };
         let label = decide(&p, &strict);
-        assert_eq!(label.detail, LabelDetail::Outdoor { scene: (SceneClass::View, 0.85), second_scene: Some((SceneClass::Street, 0.15)) });
-        let never = DecisionRules { second_scene_threshold: 0.0 };
-        assert!(matches!(decide(&p, &never).detail, LabelDetail::Outdoor { second_scene: None, .. }));
+        assert_eq!(
+            label.detail,
+            LabelDetail::Outdoor {
+                scene: (SceneClass::View, 0.85),
+                second_scene: Some((SceneClass::Street, 0.15))
+            }
+        );
+        let never = DecisionRules {
+            second_scene_threshold: 0.0,
+        };
+        assert!(matches!(
+            decide(&p, &never).detail,
+            LabelDetail::Outdoor {
+                second_scene: None,
+                ..
+            }
+        ));
     }
 
     #[test]
     fn other_gives_only_the_image_class() {
-        let p = probabilities([0.1, 0.2, 0.7], [0.2; 5], SUB, [0.2, 0.2, 0.2, 0.2, 0.1, 0.1]);
+        let p = probabilities(
+            [0.1, 0.2, 0.7],
+            [0.2; 5],
+            SUB,
+            [0.2, 0.2, 0.2, 0.2, 0.1, 0.1],
+        );
         let label = decide(&p, &DecisionRules::default());
         assert_eq!(label.leaf(), "other");
         assert_eq!(
@@ -346,7 +436,12 @@ mod tests {
 
     #[test]
     fn ties_resolve_in_taxonomy_order() {
-        let p = probabilities([0.5, 0.5, 0.0], [0.2; 5], SUB, [0.5, 0.5, 0.0, 0.0, 0.0, 0.0]);
+        let p = probabilities(
+            [0.5, 0.5, 0.0],
+            [0.2; 5],
+            SUB,
+            [0.5, 0.5, 0.0, 0.0, 0.0, 0.0],
+        );
         let label = decide(&p, &DecisionRules::default());
         assert_eq!(label.image_class, ImageClass::Indoor);
         assert_eq!(label.leaf(), "living_room");
@@ -356,9 +451,22 @@ mod tests {
 
     #[test]
     fn leaf_names_each_branch() {
-        let indoor_other = probabilities([1.0, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0, 1.0], [0.0, 0.0, 1.0], [1.0, 0.0, 0.0, 0.0, 0.0, 0.0]);
-        assert_eq!(decide(&indoor_other, &DecisionRules::default()).leaf(), "scullery");
-        let outdoor = probabilities([0.0, 1.0, 0.0], [0.2; 5], SUB, [0.0, 0.0, 0.0, 0.0, 0.0, 1.0]);
+        let indoor_other = probabilities(
+            [1.0, 0.0, 0.0],
+            [0.0, 0.0, 0.0, 0.0, 1.0],
+            [0.0, 0.0, 1.0],
+            [1.0, 0.0, 0.0, 0.0, 0.0, 0.0],
+        );
+        assert_eq!(
+            decide(&indoor_other, &DecisionRules::default()).leaf(),
+            "scullery"
+        );
+        let outdoor = probabilities(
+            [0.0, 1.0, 0.0],
+            [0.2; 5],
+            SUB,
+            [0.0, 0.0, 0.0, 0.0, 0.0, 1.0],
+        );
         let label = decide(&outdoor, &DecisionRules::default());
         assert_eq!(label.leaf(), "no_building");
         assert_eq!(label.scene(), Some(SceneClass::NoBuilding));
@@ -368,7 +476,11 @@ mod tests {
     fn distributions_are_validated_and_normalised() {
         assert_eq!(
             Distribution::<ImageClass>::new(vec![0.5, 0.5]).unwrap_err(),
-            InvalidDistribution::WrongLength { stage: "image", expected: 3, got: 2 }
+            InvalidDistribution::WrongLength {
+                stage: "image",
+                expected: 3,
+                got: 2
+            }
         );
         assert!(Distribution::<ImageClass>::new(vec![f64::NAN, 0.5, 0.5]).is_err());
         assert!(Distribution::<ImageClass>::new(vec![-0.1, 0.6, 0.5]).is_err());
@@ -376,6 +488,9 @@ mod tests {
         assert_eq!(d.probability(ImageClass::Indoor), 0.5);
         let zero = Distribution::<ImageClass>::new(vec![0.0, 0.0, 0.0]).unwrap();
         assert!((zero.probability(ImageClass::Other) - 1.0 / 3.0).abs() < 1e-12);
-        assert_eq!(Distribution::certain(SceneClass::View).top(), (SceneClass::View, 1.0));
+        assert_eq!(
+            Distribution::certain(SceneClass::View).top(),
+            (SceneClass::View, 1.0)
+        );
     }
 }

@@ -13,6 +13,5 @@ pub use classes::{ImageClass, RoomClass, RoomSubclass, SceneClass, TaxonomyClass
 pub use confidence::format_confidence;
 pub use decision::{
     decide, DecisionRules, Distribution, InvalidDistribution, Label, LabelDetail, Output,
-    StageProbabilities,
-    DEFAULT_SECOND_SCENE_THRESHOLD,
+    StageProbabilities, DEFAULT_SECOND_SCENE_THRESHOLD,
 };

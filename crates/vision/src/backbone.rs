@@ -43,7 +43,9 @@ impl std::str::FromStr for EngineKind {
             "auto" => Ok(Self::Auto),
             "ort" | "onnxruntime" => Ok(Self::Ort),
             "tract" => Ok(Self::Tract),
-            other => Err(format!("unknown engine {other:?} (expected auto, ort or tract)")),
+            other => Err(format!(
+                "unknown engine {other:?} (expected auto, ort or tract)"
+            )),
         }
     }
 }
@@ -152,7 +154,10 @@ fn onnxruntime_candidates(configured: Option<&Path>) -> Vec<PathBuf> {
             candidates.push(PathBuf::from(value));
         }
     }
-    if let Some(dir) = std::env::current_exe().ok().and_then(|exe| exe.parent().map(Path::to_path_buf)) {
+    if let Some(dir) = std::env::current_exe()
+        .ok()
+        .and_then(|exe| exe.parent().map(Path::to_path_buf))
+    {
         candidates.push(dir.join("libonnxruntime.so"));
     }
     candidates.push(PathBuf::from(DEV_ONNXRUNTIME));
@@ -162,7 +167,9 @@ fn onnxruntime_candidates(configured: Option<&Path>) -> Vec<PathBuf> {
 /// Loads the ONNX Runtime library and creates its environment once per
 /// process; later calls return the first outcome (the library cannot be
 /// swapped once loaded).
-fn onnxruntime_environment(configured: Option<&Path>) -> Result<&'static ort::environment::Environment, EngineError> {
+fn onnxruntime_environment(
+    configured: Option<&Path>,
+) -> Result<&'static ort::environment::Environment, EngineError> {
     static ENVIRONMENT: OnceLock<Result<ort::environment::Environment, String>> = OnceLock::new();
     ENVIRONMENT
         .get_or_init(|| {
@@ -288,10 +295,16 @@ impl Backbone for TractBackbone {
         let failed = |e: TractError| EngineError::Inference(e.to_string());
         for (i, photo) in input.outer_iter().enumerate() {
             let photo = photo.as_standard_layout();
-            let data = photo.as_slice().ok_or_else(|| EngineError::BadInput(photo.shape().to_vec()))?;
-            let tensor = Tensor::from_shape(&[1, 3, INPUT_SIZE, INPUT_SIZE], data).map_err(failed)?;
+            let data = photo
+                .as_slice()
+                .ok_or_else(|| EngineError::BadInput(photo.shape().to_vec()))?;
+            let tensor =
+                Tensor::from_shape(&[1, 3, INPUT_SIZE, INPUT_SIZE], data).map_err(failed)?;
             let outputs = self.plan.run(tvec!(tensor.into())).map_err(failed)?;
-            for (out, row) in [(&outputs[0], embedding.row_mut(i)), (&outputs[1], logits.row_mut(i))] {
+            for (out, row) in [
+                (&outputs[0], embedding.row_mut(i)),
+                (&outputs[1], logits.row_mut(i)),
+            ] {
                 let plain = out.try_as_plain_ram().map_err(failed)?;
                 let values = plain.as_slice::<f32>().map_err(failed)?;
                 if values.len() != row.len() {
@@ -300,7 +313,9 @@ impl Backbone for TractBackbone {
                         values.len()
                     )));
                 }
-                row.into_slice().expect("rows of a standard array are contiguous").copy_from_slice(values);
+                row.into_slice()
+                    .expect("rows of a standard array are contiguous")
+                    .copy_from_slice(values);
             }
         }
         Ok(BackboneOutput { embedding, logits })

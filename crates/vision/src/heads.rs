@@ -6,7 +6,8 @@ use std::path::Path;
 
 use ndarray::{Array1, Array2, ArrayView1};
 use photolabel_taxonomy::{
-    Distribution, ImageClass, RoomClass, RoomSubclass, SceneClass, StageProbabilities, TaxonomyClass,
+    Distribution, ImageClass, RoomClass, RoomSubclass, SceneClass, StageProbabilities,
+    TaxonomyClass,
 };
 use serde::{Deserialize, Serialize};
 
@@ -53,7 +54,13 @@ impl LinearHead {
         self.weights
             .iter()
             .zip(&self.bias)
-            .map(|(w, b)| w.iter().zip(embedding.iter()).map(|(w, x)| w * x).sum::<f32>() + b)
+            .map(|(w, b)| {
+                w.iter()
+                    .zip(embedding.iter())
+                    .map(|(w, x)| w * x)
+                    .sum::<f32>()
+                    + b
+            })
             .collect()
     }
 
@@ -95,8 +102,14 @@ impl LinearHead {
                 expected.len()
             )));
         }
-        let finite = self.weights.iter().flatten().chain(&self.bias).all(|v| v.is_finite());
-        if !finite || !(self.temperature.is_finite() && self.temperature > 0.0) {
+        let finite = self
+            .weights
+            .iter()
+            .flatten()
+            .chain(&self.bias)
+            .all(|v| v.is_finite());
+        let temperature_ok = self.temperature.is_finite() && self.temperature > 0.0;
+        if !finite || !temperature_ok {
             return Err(HeadsError::Invalid(format!(
                 "{} head has non-finite weights or a non-positive temperature",
                 C::STAGE
@@ -273,13 +286,19 @@ mod tests {
     fn temperature_softens() {
         assert!(softmax(&[0.0, 2.0], 2.0)[1] < softmax(&[0.0, 2.0], 1.0)[1]);
         let p = softmax(&[1000.0, 0.0], 1.0);
-        assert!(p[0].is_finite() && (p[0] - 1.0).abs() < 1e-12, "no overflow");
+        assert!(
+            p[0].is_finite() && (p[0] - 1.0).abs() < 1e-12,
+            "no overflow"
+        );
     }
 
     #[test]
     fn refuses_other_backbone() {
         let err = heads().check_backbone("def").unwrap_err();
-        assert!(err.to_string().contains("trained for backbone sha256 abc"), "{err}");
+        assert!(
+            err.to_string().contains("trained for backbone sha256 abc"),
+            "{err}"
+        );
         heads().check_backbone("abc").unwrap();
     }
 
@@ -287,7 +306,10 @@ mod tests {
     fn refuses_malformed_files() {
         let mut h = heads();
         h.room.classes.swap(0, 1);
-        assert!(Heads::from_json(&h.to_json()).is_err(), "class order matters");
+        assert!(
+            Heads::from_json(&h.to_json()).is_err(),
+            "class order matters"
+        );
         let mut h = heads();
         h.scene.weights[0].pop();
         assert!(Heads::from_json(&h.to_json()).is_err());
@@ -298,7 +320,9 @@ mod tests {
         h.format = "photolabel-heads/0".into();
         assert!(Heads::from_json(&h.to_json()).is_err());
         let mut h = heads();
-        h.subclass = SubclassRule::Constant { class: "garage".into() };
+        h.subclass = SubclassRule::Constant {
+            class: "garage".into(),
+        };
         assert!(Heads::from_json(&h.to_json()).is_err());
         assert!(Heads::from_json("{}").is_err());
     }

@@ -5,7 +5,9 @@ use std::path::PathBuf;
 use ndarray::{s, Array2, Array4, Axis};
 use photolabel_taxonomy::StageProbabilities;
 
-use crate::backbone::{load_backbone, Backbone, BackboneModel, EngineConfig, EngineError, EMBEDDING_DIM, INPUT_SIZE};
+use crate::backbone::{
+    load_backbone, Backbone, BackboneModel, EngineConfig, EngineError, EMBEDDING_DIM, INPUT_SIZE,
+};
 use crate::heads::{Heads, HeadsError};
 use crate::image::{Prepared, Preprocessing};
 
@@ -48,7 +50,11 @@ impl Embedder {
         Self::new(&model, config, preprocessing)
     }
 
-    fn new(model: &BackboneModel, config: &ModelConfig, preprocessing: Preprocessing) -> Result<Self, LabellerError> {
+    fn new(
+        model: &BackboneModel,
+        config: &ModelConfig,
+        preprocessing: Preprocessing,
+    ) -> Result<Self, LabellerError> {
         Ok(Self {
             backbone: load_backbone(model, &config.engine)?,
             preprocessing,
@@ -72,7 +78,11 @@ impl Embedder {
     /// of every photo in one call, and each photo's views are averaged.
     pub fn embed(&mut self, batch: &[Prepared]) -> Result<Array2<f32>, LabellerError> {
         let views = batch.first().map_or(1, |p| p.tensor.shape()[0]);
-        if let Some((index, bad)) = batch.iter().enumerate().find(|(_, p)| p.tensor.shape()[0] != views) {
+        if let Some((index, bad)) = batch
+            .iter()
+            .enumerate()
+            .find(|(_, p)| p.tensor.shape()[0] != views)
+        {
             return Err(LabellerError::ViewMismatch {
                 index,
                 views: bad.tensor.shape()[0],
@@ -87,7 +97,9 @@ impl Embedder {
         } else {
             let mut input = Array4::<f32>::zeros((batch.len() * views, 3, INPUT_SIZE, INPUT_SIZE));
             for (i, photo) in batch.iter().enumerate() {
-                input.slice_mut(s![i * views..(i + 1) * views, .., .., ..]).assign(&photo.tensor);
+                input
+                    .slice_mut(s![i * views..(i + 1) * views, .., .., ..])
+                    .assign(&photo.tensor);
             }
             input
         };

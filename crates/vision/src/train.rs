@@ -76,7 +76,8 @@ impl SoftmaxRegression {
         let dim = data.features.ncols();
         let k = data.classes;
         let n_params = k * dim + k;
-        let objective = |theta: &[f64]| -> (f64, Vec<f64>) { loss_and_gradient(data, theta, options.l2) };
+        let objective =
+            |theta: &[f64]| -> (f64, Vec<f64>) { loss_and_gradient(data, theta, options.l2) };
         let theta = lbfgs(objective, vec![0.0; n_params], options);
         let weights = Array2::from_shape_fn((k, dim), |(c, j)| theta[c * dim + j] as f32);
         let bias = Array1::from_shape_fn(k, |c| theta[k * dim + c] as f32);
@@ -85,7 +86,12 @@ impl SoftmaxRegression {
 
     /// Converts to a head on raw (unstandardised) embeddings:
     /// `W·((x − μ)·s) + b = (W·diag(s))·x + (b − W·diag(s)·μ)`.
-    pub fn into_head(self, standardiser: &Standardiser, classes: Vec<String>, temperature: f32) -> LinearHead {
+    pub fn into_head(
+        self,
+        standardiser: &Standardiser,
+        classes: Vec<String>,
+        temperature: f32,
+    ) -> LinearHead {
         let folded = &self.weights * &standardiser.scale;
         let bias = &self.bias - &folded.dot(&standardiser.mean);
         LinearHead {
@@ -138,7 +144,11 @@ fn loss_and_gradient(data: &Dataset<'_>, theta: &[f64], l2: f64) -> (f64, Vec<f6
 
 /// Limited-memory BFGS with a backtracking (Armijo) line search. Small and
 /// deterministic; the objective here is smooth and strictly convex.
-fn lbfgs(mut objective: impl FnMut(&[f64]) -> (f64, Vec<f64>), mut x: Vec<f64>, options: &FitOptions) -> Vec<f64> {
+fn lbfgs(
+    mut objective: impl FnMut(&[f64]) -> (f64, Vec<f64>),
+    mut x: Vec<f64>,
+    options: &FitOptions,
+) -> Vec<f64> {
     const MEMORY: usize = 10;
     let dot = |a: &[f64], b: &[f64]| a.iter().zip(b).map(|(a, b)| a * b).sum::<f64>();
     let (mut f, mut g) = objective(&x);
@@ -171,10 +181,18 @@ fn lbfgs(mut objective: impl FnMut(&[f64]) -> (f64, Vec<f64>), mut x: Vec<f64>, 
             direction = g.iter().map(|v| -v).collect();
             slope = dot(&g, &direction);
         }
-        let mut step = if history.is_empty() { 1.0 / g.iter().map(|v| v * v).sum::<f64>().sqrt().max(1.0) } else { 1.0 };
+        let mut step = if history.is_empty() {
+            1.0 / g.iter().map(|v| v * v).sum::<f64>().sqrt().max(1.0)
+        } else {
+            1.0
+        };
         let mut accepted = None;
         for _ in 0..40 {
-            let candidate: Vec<f64> = x.iter().zip(&direction).map(|(x, d)| x + step * d).collect();
+            let candidate: Vec<f64> = x
+                .iter()
+                .zip(&direction)
+                .map(|(x, d)| x + step * d)
+                .collect();
             let (fc, gc) = objective(&candidate);
             if fc <= f + 1e-4 * step * slope {
                 accepted = Some((candidate, fc, gc));
@@ -182,7 +200,9 @@ fn lbfgs(mut objective: impl FnMut(&[f64]) -> (f64, Vec<f64>), mut x: Vec<f64>, 
             }
             step *= 0.5;
         }
-        let Some((next, f_next, g_next)) = accepted else { break };
+        let Some((next, f_next, g_next)) = accepted else {
+            break;
+        };
         let s: Vec<f64> = next.iter().zip(&x).map(|(a, b)| a - b).collect();
         let y: Vec<f64> = g_next.iter().zip(&g).map(|(a, b)| a - b).collect();
         let sy = dot(&s, &y);
@@ -249,7 +269,13 @@ pub fn argmax_rows(values: ArrayView2<'_, f32>) -> Vec<usize> {
         .map(|row| {
             row.iter()
                 .enumerate()
-                .fold((0, f32::NEG_INFINITY), |best, (i, v)| if *v > best.1 { (i, *v) } else { best })
+                .fold((0, f32::NEG_INFINITY), |best, (i, v)| {
+                    if *v > best.1 {
+                        (i, *v)
+                    } else {
+                        best
+                    }
+                })
                 .0
         })
         .collect()
@@ -289,7 +315,11 @@ mod tests {
     #[test]
     fn gradient_matches_finite_differences() {
         let (x, y) = blobs();
-        let data = Dataset { features: x.view(), labels: &y, classes: 3 };
+        let data = Dataset {
+            features: x.view(),
+            labels: &y,
+            classes: 3,
+        };
         let theta: Vec<f64> = (0..9).map(|i| (i as f64 * 0.37).sin() * 0.3).collect();
         let (_, g) = loss_and_gradient(&data, &theta, 0.01);
         for i in 0..theta.len() {
@@ -297,16 +327,32 @@ mod tests {
             plus[i] += 1e-4;
             let mut minus = theta.clone();
             minus[i] -= 1e-4;
-            let numeric = (loss_and_gradient(&data, &plus, 0.01).0 - loss_and_gradient(&data, &minus, 0.01).0) / 2e-4;
-            assert!((numeric - g[i]).abs() < 1e-3, "param {i}: {numeric} vs {}", g[i]);
+            let numeric = (loss_and_gradient(&data, &plus, 0.01).0
+                - loss_and_gradient(&data, &minus, 0.01).0)
+                / 2e-4;
+            assert!(
+                (numeric - g[i]).abs() < 1e-3,
+                "param {i}: {numeric} vs {}",
+                g[i]
+            );
         }
     }
 
     #[test]
     fn separates_blobs() {
         let (x, y) = blobs();
-        let data = Dataset { features: x.view(), labels: &y, classes: 3 };
-        let model = SoftmaxRegression::fit(&data, &FitOptions { l2: 1e-4, ..Default::default() });
+        let data = Dataset {
+            features: x.view(),
+            labels: &y,
+            classes: 3,
+        };
+        let model = SoftmaxRegression::fit(
+            &data,
+            &FitOptions {
+                l2: 1e-4,
+                ..Default::default()
+            },
+        );
         let predicted = argmax_rows(model.logits(x.view()).view());
         let correct = predicted.iter().zip(&y).filter(|(p, y)| p == y).count();
         assert_eq!(correct, 300);
@@ -318,8 +364,19 @@ mod tests {
         let x = x.mapv(|v| v * 10.0 + 5.0);
         let standardiser = Standardiser::fit(x.view());
         let z = standardiser.apply(x.view());
-        let data = Dataset { features: z.view(), labels: &y, classes: 3 };
-        let model = SoftmaxRegression::fit(&data, &FitOptions { l2: 1e-3, max_iterations: 50, ..Default::default() });
+        let data = Dataset {
+            features: z.view(),
+            labels: &y,
+            classes: 3,
+        };
+        let model = SoftmaxRegression::fit(
+            &data,
+            &FitOptions {
+                l2: 1e-3,
+                max_iterations: 50,
+                ..Default::default()
+            },
+        );
         let want = model.logits(z.view());
         let head = model.into_head(&standardiser, vec!["a".into(), "b".into(), "c".into()], 1.0);
         let mut padded = ndarray::Array1::<f32>::zeros(2);
@@ -356,14 +413,22 @@ mod tests {
 
     #[test]
     fn argmax_and_holdout_rule() {
-        assert_eq!(argmax_rows(array![[0.1f32, 0.5, 0.2], [3.0, 1.0, 2.0]].view()), vec![1, 0]);
+        assert_eq!(
+            argmax_rows(array![[0.1f32, 0.5, 0.2], [3.0, 1.0, 2.0]].view()),
+            vec![1, 0]
+        );
         // Values printed by tools/finetune/finetune.py's rule,
         // int(sha256(name)[:8], 16) % 100: 1, 14 and 64.
         assert!(in_calibration_holdout("p1.jpg", 15));
         assert!(in_calibration_holdout("houses-12_kitchen.jpg", 15));
         assert!(!in_calibration_holdout("houses-12_kitchen.jpg", 14));
         assert!(!in_calibration_holdout("miniplaces-003e1fc1823c.jpg", 15));
-        let held: usize = (0..1000).filter(|i| in_calibration_holdout(&format!("p{i}.jpg"), 15)).count();
-        assert!((100..200).contains(&held), "about 15 % held out, got {held}");
+        let held: usize = (0..1000)
+            .filter(|i| in_calibration_holdout(&format!("p{i}.jpg"), 15))
+            .count();
+        assert!(
+            (100..200).contains(&held),
+            "about 15 % held out, got {held}"
+        );
     }
 }

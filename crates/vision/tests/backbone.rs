@@ -3,21 +3,32 @@
 
 use std::path::PathBuf;
 
-use photolabel_vision::{prepare, EngineConfig, EngineKind, Embedder, ImageLimits, ModelConfig, Preprocessing, View};
+use photolabel_vision::{
+    prepare, Embedder, EngineConfig, EngineKind, ImageLimits, ModelConfig, Preprocessing, View,
+};
 
 fn fixture(name: &str) -> Vec<u8> {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/photos").join(name);
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tests/fixtures/photos")
+        .join(name);
     std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
 const GOLDEN: [&str; 3] = ["kitchen.jpg", "facade.jpg", "floorplan.jpg"];
 
 /// The view `tools/reference_embeddings.py` computed the golden values with.
-const REFERENCE_VIEW: Preprocessing = Preprocessing { view: View::Squash, flip: false };
+const REFERENCE_VIEW: Preprocessing = Preprocessing {
+    view: View::Squash,
+    flip: false,
+};
 
 fn embedder(kind: EngineKind) -> Embedder {
     let config = ModelConfig {
-        engine: EngineConfig { kind, threads: 1, onnxruntime: None },
+        engine: EngineConfig {
+            kind,
+            threads: 1,
+            onnxruntime: None,
+        },
         ..ModelConfig::default()
     };
     Embedder::load(&config, REFERENCE_VIEW).expect("the embedded backbone loads")
@@ -29,7 +40,8 @@ fn embed(embedder: &mut Embedder, name: &str) -> Vec<f32> {
 }
 
 fn golden(name: &str) -> Vec<f32> {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/golden_embeddings.json");
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tests/fixtures/golden_embeddings.json");
     let json: serde_json::Value = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
     json["photos"][name]
         .as_array()
@@ -46,7 +58,10 @@ fn cosine(a: &[f32], b: &[f32]) -> f32 {
 }
 
 fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
-    a.iter().zip(b).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max)
+    a.iter()
+        .zip(b)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0, f32::max)
 }
 
 /// Golden test. Our decoder downsizes JPEGs in the DCT domain and resizes
@@ -62,8 +77,16 @@ fn embeddings_match_the_python_reference() {
         let reference = golden(name);
         assert_eq!(ours.len(), reference.len());
         let cos = cosine(&ours, &reference);
-        let mean_abs = ours.iter().zip(&reference).map(|(a, b)| (a - b).abs()).sum::<f32>() / ours.len() as f32;
-        println!("{name}: cosine {cos:.5}, mean abs diff {mean_abs:.5}, max abs diff {:.4}", max_abs_diff(&ours, &reference));
+        let mean_abs = ours
+            .iter()
+            .zip(&reference)
+            .map(|(a, b)| (a - b).abs())
+            .sum::<f32>()
+            / ours.len() as f32;
+        println!(
+            "{name}: cosine {cos:.5}, mean abs diff {mean_abs:.5}, max abs diff {:.4}",
+            max_abs_diff(&ours, &reference)
+        );
         assert!(cos >= 0.99, "{name}: cosine {cos}");
         assert!(mean_abs <= 0.02, "{name}: mean abs diff {mean_abs}");
     }

@@ -16,9 +16,7 @@ use sqlx::sqlite::{
 };
 use sqlx::Row;
 
-use super::{
-    Endpoint, KeyRecord, Recorded, Revoked, Store, StoreError, StoreFuture, Usage,
-};
+use super::{Endpoint, KeyRecord, Recorded, Revoked, Store, StoreError, StoreFuture, Usage};
 use crate::keys::KeyHash;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
@@ -296,7 +294,10 @@ mod tests {
                 .expect("revoke"),
             Revoked::AlreadyRevoked(created.id, "acme".into())
         );
-        assert_eq!(store.revoke_key("nobody").await.expect("revoke"), Revoked::NotFound);
+        assert_eq!(
+            store.revoke_key("nobody").await.expect("revoke"),
+            Revoked::NotFound
+        );
         assert!(store
             .find_key(key.hash)
             .await
@@ -313,15 +314,24 @@ mod tests {
             .await
             .expect("create");
         assert_eq!(
-            store.record_success(key.id, Endpoint::LabelUpload).await.expect("rec"),
+            store
+                .record_success(key.id, Endpoint::LabelUpload)
+                .await
+                .expect("rec"),
             Recorded::Counted(1)
         );
         assert_eq!(
-            store.record_success(key.id, Endpoint::LabelUrl).await.expect("rec"),
+            store
+                .record_success(key.id, Endpoint::LabelUrl)
+                .await
+                .expect("rec"),
             Recorded::Counted(2)
         );
         assert_eq!(
-            store.record_success(key.id, Endpoint::LabelUrl).await.expect("rec"),
+            store
+                .record_success(key.id, Endpoint::LabelUrl)
+                .await
+                .expect("rec"),
             Recorded::QuotaExhausted
         );
         let usage = store.usage(key.id).await.expect("usage").expect("some");

@@ -19,12 +19,15 @@ use photolabel_taxonomy::{Distribution, StageProbabilities};
 use photolabel_vision::{Prepared, Preprocessing, View};
 use tower::ServiceExt;
 
-pub const IMAGE_400: &str = r#"{"detail":"Please upload an image with one of the following formats: .jpg, .jpeg or .png"}"#;
+pub const IMAGE_400: &str =
+    r#"{"detail":"Please upload an image with one of the following formats: .jpg, .jpeg or .png"}"#;
 pub const URL_400: &str = r#"{"detail":"The URL is not valid"}"#;
 pub const MISSING_403: &str = r#"{"message":"Missing Authentication Token"}"#;
 pub const INTERNAL_500: &str = r#"{"message":"Internal server error"}"#;
-pub const IMAGE_422: &str = r#"{"detail":[{"loc":["body","image"],"msg":"field required","type":"value_error.missing"}]}"#;
-pub const URL_422: &str = r#"{"detail":[{"loc":["body","url"],"msg":"field required","type":"value_error.missing"}]}"#;
+pub const IMAGE_422: &str =
+    r#"{"detail":[{"loc":["body","image"],"msg":"field required","type":"value_error.missing"}]}"#;
+pub const URL_422: &str =
+    r#"{"detail":[{"loc":["body","url"],"msg":"field required","type":"value_error.missing"}]}"#;
 
 /// The contract's second example: indoor / other_room / hall_corridor.
 pub const INDOOR_BODY: &str = r#"{"Output":{"Image_Class":"indoor","ConfidencePercent_Image_Class":"99.9","Room_Class":"other_room","ConfidencePercent_Room_Class":"96.18","Room_Subclass":"hall_corridor","ConfidencePercent_Room_Subclass":"87.85"}}"#;
@@ -101,9 +104,7 @@ impl Model for GateModel {
     }
     fn label(&mut self, batch: &[Prepared]) -> Result<Vec<StageProbabilities>, String> {
         let _ = self.entered.send(());
-        self.release
-            .recv()
-            .map_err(|_| "gate closed".to_owned())?;
+        self.release.recv().map_err(|_| "gate closed".to_owned())?;
         Ok(vec![self.answer.clone(); batch.len()])
     }
 }
@@ -201,7 +202,12 @@ impl AppBuilder {
 
 impl TestApp {
     /// Creates a key through the `keys create` command and returns it.
-    pub async fn create_key(&self, name: &str, rate_limit: Option<u32>, quota: Option<u64>) -> String {
+    pub async fn create_key(
+        &self,
+        name: &str,
+        rate_limit: Option<u32>,
+        quota: Option<u64>,
+    ) -> String {
         let mut out = Vec::new();
         let mut err = Vec::new();
         photolabel_service::cli::run(
@@ -273,7 +279,10 @@ pub fn upload_request(key: Option<&str>, body: Vec<u8>) -> Request<Body> {
 }
 
 pub fn upload(key: Option<&str>, data: &[u8]) -> Request<Body> {
-    upload_request(key, multipart_body("image", "photo.jpg", "image/jpeg", data))
+    upload_request(
+        key,
+        multipart_body("image", "photo.jpg", "image/jpeg", data),
+    )
 }
 
 pub fn url_request(key: Option<&str>, json: &str) -> Request<Body> {
@@ -308,7 +317,8 @@ pub fn fixture(name: &str) -> Vec<u8> {
 
 /// A small real PNG.
 pub fn small_png() -> Vec<u8> {
-    let image = image::RgbImage::from_fn(64, 48, |x, y| image::Rgb([x as u8 * 4, y as u8 * 5, 128]));
+    let image =
+        image::RgbImage::from_fn(64, 48, |x, y| image::Rgb([x as u8 * 4, y as u8 * 5, 128]));
     let mut bytes = std::io::Cursor::new(Vec::new());
     image
         .write_to(&mut bytes, image::ImageFormat::Png)
@@ -321,7 +331,11 @@ fn crc32(data: &[u8]) -> u32 {
     for &byte in data {
         crc ^= u32::from(byte);
         for _ in 0..8 {
-            crc = if crc & 1 != 0 { (crc >> 1) ^ 0xedb8_8320 } else { crc >> 1 };
+            crc = if crc & 1 != 0 {
+                (crc >> 1) ^ 0xedb8_8320
+            } else {
+                crc >> 1
+            };
         }
     }
     !crc
@@ -345,7 +359,13 @@ pub fn png_claiming(width: u32, height: u32) -> Vec<u8> {
     ihdr.extend_from_slice(&[8, 2, 0, 0, 0]); // 8-bit RGB
     png_chunk(&mut png, b"IHDR", &ihdr);
     // A zlib stream of one empty stored block.
-    png_chunk(&mut png, b"IDAT", &[0x78, 0x01, 0x01, 0x00, 0x00, 0xff, 0xff, 0x00, 0x00, 0x00, 0x01]);
+    png_chunk(
+        &mut png,
+        b"IDAT",
+        &[
+            0x78, 0x01, 0x01, 0x00, 0x00, 0xff, 0xff, 0x00, 0x00, 0x00, 0x01,
+        ],
+    );
     png_chunk(&mut png, b"IEND", &[]);
     png
 }
