@@ -244,3 +244,29 @@ pub fn embed_photos(
         .map(|r| r.unwrap_or_else(|| Err("not processed".into())))
         .collect())
 }
+
+/// Embeds labelled photos (`train`, `eval`), through the cache in
+/// `cache_dir` when one is given, with a progress bar named `what`.
+pub fn embed_labelled(
+    embedder: &mut Embedder,
+    photos: &[crate::dataset::LabelledPhoto],
+    limits: &ImageLimits,
+    cache_dir: Option<&Path>,
+    what: &str,
+) -> anyhow::Result<Vec<EmbeddingResult>> {
+    let mut cache = match cache_dir {
+        Some(dir) => EmbeddingCache::open(dir, embedder)?,
+        None => EmbeddingCache::disabled(),
+    };
+    let refs: Vec<PhotoRef<'_>> = photos
+        .iter()
+        .map(|p| PhotoRef {
+            path: &p.path,
+            key: &p.key,
+        })
+        .collect();
+    let progress = progress_bar(refs.len(), what);
+    let results = embed_photos(embedder, &refs, limits, &mut cache, &progress)?;
+    progress.finish_and_clear();
+    Ok(results)
+}

@@ -9,7 +9,7 @@ use serde::Serialize;
 
 use super::ModelArgs;
 use crate::dataset::read_labels;
-use crate::embedding::{embed_photos, progress_bar, EmbeddingCache, PhotoRef};
+use crate::embedding::embed_labelled;
 use crate::evaluation::{expected_calibration_error, LevelReport, LevelTally};
 
 /// Measure accuracy, macro-F1, per-class precision/recall, confusion
@@ -73,26 +73,13 @@ pub struct SecondSceneReport {
 pub fn run(args: EvalArgs) -> anyhow::Result<()> {
     let photos = read_labels(&args.labels, args.split.as_deref())?;
     let mut labeller = args.model.load()?;
-    let mut cache = match &args.cache {
-        Some(dir) => EmbeddingCache::open(dir, labeller.embedder_mut())?,
-        None => EmbeddingCache::disabled(),
-    };
-    let refs: Vec<PhotoRef<'_>> = photos
-        .iter()
-        .map(|p| PhotoRef {
-            path: &p.path,
-            key: &p.key,
-        })
-        .collect();
-    let progress = progress_bar(refs.len(), "evaluating");
-    let embeddings = embed_photos(
+    let embeddings = embed_labelled(
         labeller.embedder_mut(),
-        &refs,
+        &photos,
         &args.model.limits(),
-        &mut cache,
-        &progress,
+        args.cache.as_deref(),
+        "evaluating",
     )?;
-    progress.finish_and_clear();
 
     let rules = DecisionRules::default();
     let mut image = LevelTally::default();

@@ -15,7 +15,7 @@ use photolabel_vision::{Embedder, Preprocessing, View};
 
 use super::ModelArgs;
 use crate::dataset::{read_labels, LabelledPhoto};
-use crate::embedding::{embed_photos, progress_bar, EmbeddingCache, PhotoRef};
+use crate::embedding;
 
 /// Train the heads on a labels CSV (e.g. ../shared/data/labels.csv).
 ///
@@ -75,7 +75,7 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
     };
     let mut embedder = Embedder::load(&args.model.config(), preprocessing)?;
     let (embeddings, photos) =
-        embed_labelled(&mut embedder, &photos, &args.model, args.cache.as_deref())?;
+        embed_training_set(&mut embedder, &photos, &args.model, args.cache.as_deref())?;
 
     let holdout: Vec<bool> = photos
         .iter()
@@ -138,26 +138,13 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
 
 /// Embeds the labelled photos; photos that cannot be read are reported and
 /// left out (training on the rest).
-fn embed_labelled(
+fn embed_training_set(
     embedder: &mut Embedder,
     photos: &[LabelledPhoto],
     model: &ModelArgs,
     cache: Option<&std::path::Path>,
 ) -> anyhow::Result<(Array2<f32>, Vec<LabelledPhoto>)> {
-    let mut cache = match cache {
-        Some(dir) => EmbeddingCache::open(dir, embedder)?,
-        None => EmbeddingCache::disabled(),
-    };
-    let refs: Vec<PhotoRef<'_>> = photos
-        .iter()
-        .map(|p| PhotoRef {
-            path: &p.path,
-            key: &p.key,
-        })
-        .collect();
-    let progress = progress_bar(refs.len(), "embedding");
-    let results = embed_photos(embedder, &refs, &model.limits(), &mut cache, &progress)?;
-    progress.finish_and_clear();
+    let results = embedding::embed_labelled(embedder, photos, &model.limits(), cache, "embedding")?;
     let mut rows = Vec::new();
     let mut kept = Vec::new();
     for (photo, result) in photos.iter().zip(results) {
