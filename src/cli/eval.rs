@@ -183,73 +183,96 @@ fn end_to_end_confidence(label: &photolabel_taxonomy::Label) -> f64 {
         }
 }
 
+/// Tables for a person; written in one go so that `| head` closing the pipe
+/// ends the output quietly instead of panicking in `println!`.
 fn print_tables(report: &EvalReport) {
-    println!(
+    use std::fmt::Write as _;
+    use std::io::Write as _;
+    let mut out = String::new();
+    writeln!(
+        out,
         "{} photos scored ({} unreadable), engine {}, backbone {}",
         report.count,
         report.failed,
         report.engine,
         &report.backbone_sha256[..16]
-    );
-    println!(
+    )
+    .ok();
+    writeln!(
+        out,
         "\n{:<12} {:>6} {:>9} {:>9} {:>7}",
         "level", "count", "accuracy", "macro-F1", "ECE"
-    );
+    )
+    .ok();
     for (name, level) in [
         ("image_class", &report.image_class),
         ("room", &report.room),
         ("scene", &report.scene),
         ("leaf", &report.leaf),
     ] {
-        println!(
+        writeln!(
+            out,
             "{name:<12} {:>6} {:>9.4} {:>9.4} {:>7.4}",
             level.count, level.accuracy, level.macro_f1, level.ece
-        );
+        )
+        .ok();
     }
-    println!("pooled stage ECE {:.4}", report.ece);
+    writeln!(out, "pooled stage ECE {:.4}", report.ece).ok();
     for (name, level) in [
         ("image_class", &report.image_class),
         ("room", &report.room),
         ("scene", &report.scene),
         ("leaf", &report.leaf),
     ] {
-        println!("\n{name}: per class");
-        println!(
+        writeln!(out, "\n{name}: per class").ok();
+        writeln!(
+            out,
             "{:<16} {:>9} {:>9} {:>7}",
             "class", "precision", "recall", "support"
-        );
+        )
+        .ok();
         for (class, score) in &level.per_class {
-            println!(
+            writeln!(
+                out,
                 "{class:<16} {:>9.4} {:>9.4} {:>7}",
                 score.precision, score.recall, score.support
-            );
+            )
+            .ok();
         }
         let predicted: std::collections::BTreeSet<&String> = level
             .confusion
             .values()
             .flat_map(|row| row.keys())
             .collect();
-        println!("confusion (rows truth, columns prediction):");
-        print!("{:<16}", "");
+        writeln!(out, "confusion (rows truth, columns prediction):").ok();
+        write!(out, "{:<16}", "").ok();
         for p in &predicted {
-            print!(" {:>8.8}", p);
+            write!(out, " {:>8.8}", p).ok();
         }
-        println!();
+        writeln!(out).ok();
         for (truth, row) in &level.confusion {
-            print!("{truth:<16}");
+            write!(out, "{truth:<16}").ok();
             for p in &predicted {
-                print!(" {:>8}", row.get(*p).copied().unwrap_or(0));
+                write!(out, " {:>8}", row.get(*p).copied().unwrap_or(0)).ok();
             }
-            println!();
+            writeln!(out).ok();
         }
     }
-    println!("\nleaf accuracy by source:");
+    writeln!(out, "\nleaf accuracy by source:").ok();
     for (source, score) in &report.leaf_accuracy_by_source {
-        println!("{source:<18} {:>6} {:>9.4}", score.count, score.accuracy);
+        writeln!(
+            out,
+            "{source:<18} {:>6} {:>9.4}",
+            score.count, score.accuracy
+        )
+        .ok();
     }
     let s = &report.second_scene;
-    println!(
+    writeln!(
+        out,
         "\nsecond scene: {} of {} outdoor photos; first or second right {:.4}",
         s.with_second_scene, s.outdoor_rows, s.first_or_second_correct
-    );
+    )
+    .ok();
+    let _ = std::io::stdout().write_all(out.as_bytes());
 }
