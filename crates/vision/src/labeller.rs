@@ -92,8 +92,11 @@ impl Embedder {
         if batch.is_empty() {
             return Ok(Array2::zeros((0, EMBEDDING_DIM)));
         }
-        let input = if batch.len() == 1 {
-            batch[0].tensor.clone()
+        // The common case (one photo per request) runs on the photo's own
+        // tensor; only real batches are copied into one array.
+        let joined;
+        let input = if let [only] = batch {
+            only.tensor.view()
         } else {
             let mut input = Array4::<f32>::zeros((batch.len() * views, 3, INPUT_SIZE, INPUT_SIZE));
             for (i, photo) in batch.iter().enumerate() {
@@ -101,9 +104,10 @@ impl Embedder {
                     .slice_mut(s![i * views..(i + 1) * views, .., .., ..])
                     .assign(&photo.tensor);
             }
-            input
+            joined = input;
+            joined.view()
         };
-        let output = self.backbone.infer(input.view())?;
+        let output = self.backbone.infer(input)?;
         let embedding = output
             .embedding
             .into_shape_with_order((batch.len(), views, EMBEDDING_DIM))
