@@ -114,9 +114,7 @@ pub(crate) async fn label_upload(
     LabellingCaller(caller): LabellingCaller,
     multipart: Result<Multipart, MultipartRejection>,
 ) -> Result<Response, ApiError> {
-    // A body that is not multipart at all has no `image` field either.
-    let mut multipart = multipart.map_err(|_| ApiError::MissingField(MissingField::Image))?;
-    let bytes = read_image_field(&mut multipart).await?;
+    let bytes = upload_image(multipart).await?;
     let slot = state.worker.reserve()?;
     let prepared = prepare_off_thread(bytes, state.image_limits, slot.preprocessing())
         .await
@@ -126,6 +124,17 @@ pub(crate) async fn label_upload(
         })?;
     let probabilities = slot.label(prepared).await?;
     respond(&state, caller.id, Endpoint::LabelUpload, &probabilities).await
+}
+
+/// The photo of an upload: the bytes of the first `image` field of the
+/// multipart body, or the contract's error. Also what the multipart fuzz
+/// target drives, with the extractor run on arbitrary bodies.
+pub async fn upload_image(
+    multipart: Result<Multipart, MultipartRejection>,
+) -> Result<Bytes, ApiError> {
+    // A body that is not multipart at all has no `image` field either.
+    let mut multipart = multipart.map_err(|_| ApiError::MissingField(MissingField::Image))?;
+    read_image_field(&mut multipart).await
 }
 
 /// Reads the first `image` field; skips any other field.
@@ -209,8 +218,9 @@ pub(crate) async fn label_url(
     respond(&state, caller.id, Endpoint::LabelUrl, &probabilities).await
 }
 
-/// `{"url": "<string>"}`; anything else is the contract's 422.
-fn parse_url_request(body: &[u8]) -> Result<String, ApiError> {
+/// `{"url": "<string>"}`; anything else is the contract's 422. (The URL
+/// itself is checked by [`crate::fetch::validate_url`] when it is fetched.)
+pub fn parse_url_request(body: &[u8]) -> Result<String, ApiError> {
     let missing = || ApiError::MissingField(MissingField::Url);
     let value: serde_json::Value = serde_json::from_slice(body).map_err(|_| missing())?;
     match value.get("url") {

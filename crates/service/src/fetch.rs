@@ -317,46 +317,23 @@ impl Fetcher {
     /// Checks what can be checked without the network: length, syntax,
     /// scheme, credentials, and a literal IP address.
     pub fn check_url(&self, url: &Url) -> Result<(), FetchError> {
-        if url.as_str().len() > self.config.max_url_len {
-            return Err(FetchError::TooLong(self.config.max_url_len));
-        }
-        if !matches!(url.scheme(), "http" | "https") {
-            return Err(FetchError::Scheme(url.scheme().to_owned()));
-        }
-        if !url.username().is_empty() || url.password().is_some() {
-            return Err(FetchError::Credentials);
-        }
-        let ip = match url.host() {
-            None => return Err(FetchError::NoHost),
-            Some(Host::Ipv4(ip)) => Some(IpAddr::V4(ip)),
-            Some(Host::Ipv6(ip)) => Some(IpAddr::V6(ip)),
-            // The WHATWG parser already turned every IPv4 spelling into
-            // Host::Ipv4; this is a second guard in case a name still reads
-            // as an address to the connector.
-            Some(Host::Domain(name)) => name.parse::<IpAddr>().ok(),
-        };
-        match ip {
-            Some(ip) if !self.policy.allows(ip) => Err(FetchError::ForbiddenAddress(ip)),
-            _ => Ok(()),
-        }
+        check_url(url, &self.config, &*self.policy)
     }
 
     /// Downloads `url` (following checked redirects) within the limits.
     pub async fn fetch(&self, url: &str) -> Result<Bytes, FetchError> {
-        if url.len() > self.config.max_url_len {
-            return Err(FetchError::TooLong(self.config.max_url_len));
-        }
-        let url = Url::parse(url)?;
+        let url = validate_url(url, &self.config, &*self.policy)?;
         match tokio::time::timeout(self.config.total_timeout, self.fetch_checked(url)).await {
             Ok(result) => result,
             Err(_) => Err(FetchError::Timeout),
         }
     }
 
+    /// `url` has passed [`validate_url`]; every redirect target is checked
+    /// the same way before it is requested.
     async fn fetch_checked(&self, mut url: Url) -> Result<Bytes, FetchError> {
         let mut redirects = 0;
         loop {
-            self.check_url(&url)?;
             let response = self
                 .client
                 .get(url.clone())
@@ -386,6 +363,7 @@ impl Fetcher {
                     return Err(FetchError::TooLong(self.config.max_url_len));
                 }
                 url = url.join(location)?;
+                self.check_url(&url)?;
                 continue;
             }
             if !status.is_success() {
@@ -411,6 +389,53 @@ impl Fetcher {
             body.extend_from_slice(&chunk);
         }
         Ok(body.freeze())
+    }
+}
+
+/// Everything about a client's URL that can be checked without the
+/// network: length, WHATWG syntax, scheme, credentials, and a literal IP
+/// address against `policy`. [`Fetcher::fetch`] starts with it; it is also
+/// what the URL fuzz target drives.
+pub fn validate_url(
+    url: &str,
+    config: &FetchConfig,
+    policy: &dyn AddressPolicy,
+) -> Result<Url, FetchError> {
+    if url.len() > config.max_url_len {
+        return Err(FetchError::TooLong(config.max_url_len));
+    }
+    let url = Url::parse(url)?;
+    check_url(&url, config, policy)?;
+    Ok(url)
+}
+
+/// [`validate_url`] for an already parsed URL (also each redirect hop).
+fn check_url(
+    url: &Url,
+    config: &FetchConfig,
+    policy: &dyn AddressPolicy,
+) -> Result<(), FetchError> {
+    if url.as_str().len() > config.max_url_len {
+        return Err(FetchError::TooLong(config.max_url_len));
+    }
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(FetchError::Scheme(url.scheme().to_owned()));
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(FetchError::Credentials);
+    }
+    let ip = match url.host() {
+        None => return Err(FetchError::NoHost),
+        Some(Host::Ipv4(ip)) => Some(IpAddr::V4(ip)),
+        Some(Host::Ipv6(ip)) => Some(IpAddr::V6(ip)),
+        // The WHATWG parser already turned every IPv4 spelling into
+        // Host::Ipv4; this is a second guard in case a name still reads
+        // as an address to the connector.
+        Some(Host::Domain(name)) => name.parse::<IpAddr>().ok(),
+    };
+    match ip {
+        Some(ip) if !policy.allows(ip) => Err(FetchError::ForbiddenAddress(ip)),
+        _ => Ok(()),
     }
 }
 

@@ -1,4 +1,5 @@
-//! The request log names the key by id and name, never by the key itself.
+//! The request log names the key by id and name, never by the key itself;
+//! nor does any response body or the metrics page carry it.
 //! (Its own test binary: it installs a global log subscriber.)
 
 mod common;
@@ -23,7 +24,7 @@ impl Write for Buffer {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_key_never_appears_in_logs() {
+async fn the_key_never_appears_in_logs_metrics_or_bodies() {
     let buffer = Buffer::default();
     let writer = buffer.clone();
     tracing_subscriber::fmt()
@@ -54,23 +55,34 @@ async fn the_key_never_appears_in_logs() {
     .await
     .expect("revoke");
 
-    let statuses = [
-        app.send(upload(Some(&key), &fixture("kitchen.jpg")))
-            .await
-            .0,
-        app.send(url_request(Some(&key), &url_json(&server.url("/k.jpg"))))
-            .await
-            .0,
-        app.send(upload(Some(&key), b"not an image")).await.0,
-        app.send(upload(Some(&key), b"rate limited")).await.0,
-        app.send(upload(Some(&revoked), &fixture("kitchen.jpg")))
-            .await
-            .0,
-        app.send(upload(Some(&format!("{key}x")), &fixture("kitchen.jpg")))
-            .await
-            .0,
-        app.send(get("/credit", Some(&key))).await.0,
+    let wrong = format!("{key}x");
+    let requests = vec![
+        upload(Some(&key), &fixture("kitchen.jpg")),
+        url_request(Some(&key), &url_json(&server.url("/k.jpg"))),
+        upload(Some(&key), b"not an image"),
+        upload(Some(&key), b"rate limited"),
+        upload(Some(&revoked), &fixture("kitchen.jpg")),
+        upload(Some(&wrong), &fixture("kitchen.jpg")),
+        get("/credit", Some(&key)),
+        get("/credit", Some(&revoked)),
+        upload(None, &fixture("kitchen.jpg")),
+        get("/nowhere", Some(&key)),
     ];
+    let mut responses = Vec::new();
+    for request in requests {
+        responses.push(app.send(request).await);
+    }
+    // A fresh key for the error paths the rate-limited one cannot reach.
+    let other = app.create_key("other", None, None).await;
+    for request in [
+        upload_request(Some(&other), b"no multipart here".to_vec()),
+        url_request(Some(&other), "{}"),
+        // Refused before any network: the scheme.
+        url_request(Some(&other), &url_json("ftp://example.com/k.jpg")),
+    ] {
+        responses.push(app.send(request).await);
+    }
+    let statuses: Vec<StatusCode> = responses.iter().map(|(status, _)| *status).collect();
     assert_eq!(
         statuses,
         [
@@ -81,7 +93,21 @@ async fn the_key_never_appears_in_logs() {
             StatusCode::UNAUTHORIZED,
             StatusCode::UNAUTHORIZED,
             StatusCode::OK,
+            StatusCode::UNAUTHORIZED,
+            StatusCode::FORBIDDEN,
+            StatusCode::NOT_FOUND,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            StatusCode::BAD_REQUEST,
         ]
+    );
+    let (status, metrics) = app.send(get("/metrics", None)).await;
+    assert_eq!(status, StatusCode::OK);
+    // The metrics did record the requests (by endpoint and status, which is
+    // all they label)...
+    assert!(
+        metrics.contains("photolabel_requests_total") && metrics.contains("/labelling/img"),
+        "metrics:\n{metrics}"
     );
 
     let logs = String::from_utf8(buffer.0.lock().expect("log buffer").clone()).expect("utf-8");
@@ -95,19 +121,26 @@ async fn the_key_never_appears_in_logs() {
         logs.contains("endpoint=\"/labelling/img\"") || logs.contains("endpoint=/labelling/img"),
         "logs:\n{logs}"
     );
-    // ...and never a key, nor its secret part.
-    for secret in [&key, &revoked] {
-        assert!(
-            !logs.contains(secret.as_str()),
-            "a key leaked into the logs"
-        );
-        assert!(
-            !logs.contains(&secret[3..]),
-            "a key's secret part leaked into the logs"
-        );
-        assert!(
-            !logs.contains(&secret[3..20]),
-            "part of a key leaked into the logs"
-        );
+    // ...and never a key, nor its secret part: not in the log, not in the
+    // metrics, not in any response body (errors included).
+    let bodies: Vec<&str> = responses.iter().map(|(_, body)| body.as_str()).collect();
+    let places = [
+        ("the logs", logs.as_str()),
+        ("the metrics", metrics.as_str()),
+    ]
+    .into_iter()
+    .chain(bodies.iter().map(|body| ("a response body", *body)));
+    for (place, text) in places {
+        for secret in [&key, &revoked, &wrong, &other] {
+            assert!(!text.contains(secret.as_str()), "a key leaked into {place}");
+            assert!(
+                !text.contains(&secret[3..]),
+                "a key's secret part leaked into {place}"
+            );
+            assert!(
+                !text.contains(&secret[3..20]),
+                "part of a key leaked into {place}"
+            );
+        }
     }
 }
