@@ -1,4 +1,6 @@
-//! `photolabel bench`: milliseconds per photo for each pipeline step.
+//! `photolabel bench`: milliseconds per photo for each pipeline step, and
+//! optionally inference alone at several batch sizes (the engine-only
+//! ceiling the HTTP service is measured against, `scripts/bench.sh`).
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -21,6 +23,10 @@ pub struct BenchArgs {
     /// Engines to time.
     #[arg(long, value_delimiter = ',', default_value = "ort,tract")]
     pub engines: Vec<EngineKind>,
+    /// Also time inference alone on batches of these many copies of the
+    /// first photo (e.g. `1,2,4,8`; each photo is all its views).
+    #[arg(long, value_delimiter = ',', value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub batch_sizes: Vec<u16>,
     #[command(flatten)]
     pub model: ModelArgs,
 }
@@ -46,6 +52,7 @@ fn time(iterations: usize, mut f: impl FnMut() -> anyhow::Result<()>) -> anyhow:
 pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     println!("| photo | engine | decode+preprocess ms | inference ms | end to end ms |");
     println!("|---|---|---|---|---|");
+    let mut batch_rows = Vec::new();
     for engine in &args.engines {
         let mut model = args.model.clone();
         model.engine = *engine;
@@ -70,6 +77,28 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
                 path.file_name().and_then(|n| n.to_str()).unwrap_or("?"),
                 labeller.engine_name()
             );
+        }
+        if let Some(first) = args.photos.first() {
+            let bytes = std::fs::read(first)?;
+            let prepared = prepare(&bytes, &limits, &preprocessing)?;
+            for &size in &args.batch_sizes {
+                let batch = vec![prepared.clone(); size.into()];
+                let ms = time(args.iterations, || Ok(labeller.label(&batch).map(drop)?))?;
+                let per_photo = ms / f64::from(size);
+                batch_rows.push(format!(
+                    "| {} | {size} | {ms:.1} | {per_photo:.1} | {:.1} |",
+                    labeller.engine_name(),
+                    1000.0 / per_photo
+                ));
+            }
+        }
+    }
+    if !batch_rows.is_empty() {
+        println!();
+        println!("| engine | batch | inference ms per batch | ms per photo | photos/s |");
+        println!("|---|---|---|---|---|");
+        for row in batch_rows {
+            println!("{row}");
         }
     }
     Ok(())

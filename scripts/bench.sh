@@ -1,0 +1,333 @@
+#!/usr/bin/env bash
+# The whole benchmark (issue 4), in one command. Not a test: CI does not run it.
+#
+#   scripts/bench.sh            # the full run: ~6 minutes after the first build
+#   scripts/bench.sh --smoke    # the harness end to end: ~1 minute
+#
+# Installs what it needs (wrk from apt, ONNX Runtime, a release build, a
+# Python venv for the peer under .cache/bench-venv), generates 200 1440×960
+# JPEGs into .cache/bench-photos (bench/make_photos.py), then prints:
+#   1. the engine-only ceiling: inference alone at batch 1, 2, 4, 8;
+#   2. CLI throughput: `photolabel label` on the folder;
+#   3. label agreement between photolabel and the Python peer (bench/peer/),
+#      failing when below 99 % of leaf labels;
+#   4. HTTP throughput and latency of the upload endpoint at concurrency
+#      1, 4 and 16, photolabel and the peer in turn in the same run, with
+#      ratios, and each server's peak RSS under c16.
+# The report also goes to .cache/bench-results/. Run it on an otherwise idle
+# machine: the two servers and wrk share its cores.
+#
+# Environment: DURATION (per HTTP run, default 30s), WARMUP (default 5s),
+# ITERATIONS (engine timing, default 20), TUNE (per peer shape, default 10s),
+# PEER_WORKERS + PEER_ORT_THREADS (both set: that peer shape, no tuning),
+# PHOTOLABEL_* (read by `photolabel serve` and the CLI as usual).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$PWD
+
+smoke=0
+case "${1:-}" in
+  "") ;;
+  --smoke) smoke=1 ;;
+  *) echo "usage: scripts/bench.sh [--smoke]" >&2; exit 2 ;;
+esac
+
+cores=$(nproc)
+if [ $smoke = 1 ]; then
+  duration=${DURATION:-3s} warmup=${WARMUP:-1s} iterations=${ITERATIONS:-2}
+  batch_sizes=1,2 photo_count=12
+else
+  duration=${DURATION:-30s} warmup=${WARMUP:-5s} iterations=${ITERATIONS:-20}
+  batch_sizes=1,2,4,8 photo_count=200
+fi
+# The peer's shape: uvicorn worker processes × ONNX Runtime intra-op threads
+# per worker. What suits a Python service best depends on the machine, so
+# unless PEER_WORKERS and PEER_ORT_THREADS are both set, the run first tries
+# cores×1 (a process per core, the usual advice), 1×cores (one process, the
+# model using every core) and cores×cores for TUNE (10s) each at c16, and
+# compares photolabel against the fastest. Measured on the 2-core VM while
+# other jobs loaded it (so only indicative): 1×2 led at c1, 1×2 and 2×2 at
+# c4, 2×2 at c16 — see the tuning table of the full run for the real answer.
+tune=${TUNE:-$([ $smoke = 1 ] && echo 2s || echo 10s)}
+peer_shapes="$cores:1 1:$cores $cores:$cores"
+if [ -n "${PEER_WORKERS:-}" ] && [ -n "${PEER_ORT_THREADS:-}" ]; then
+  peer_shapes="$PEER_WORKERS:$PEER_ORT_THREADS"
+fi
+
+say() { printf '\n== %s\n' "$*" >&2; }
+die() { echo "bench: $*" >&2; exit 1; }
+
+work=$(mktemp -d)
+pids=()
+cleanup() {
+  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+  for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+  rm -rf "$work"
+}
+trap cleanup EXIT
+forget() { # PID: stopped by now, so never signalled again (its number may be reused)
+  local kept=() pid
+  for pid in "${pids[@]}"; do [ "$pid" = "$1" ] || kept+=("$pid"); done
+  pids=("${kept[@]}")
+}
+trap 'exit 130' INT TERM
+
+# --- What it needs ---------------------------------------------------------
+if ! command -v wrk >/dev/null; then
+  say "installing wrk"
+  sudo=; [ "$(id -u)" = 0 ] || sudo=sudo
+  $sudo apt-get install -y wrk >/dev/null || { $sudo apt-get update >/dev/null && $sudo apt-get install -y wrk >/dev/null; }
+fi
+scripts/setup-onnxruntime.sh
+say "building photolabel (release)"
+cargo build --release --bin photolabel
+bin=$root/target/release/photolabel
+
+venv=.cache/bench-venv
+stamp=$(sha256sum bench/peer/requirements.txt | cut -c1-16)
+if [ "$(cat "$venv/.requirements" 2>/dev/null)" != "$stamp" ]; then
+  say "installing the peer's Python packages into $venv"
+  rm -rf "$venv"
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install --quiet --upgrade pip
+  "$venv/bin/pip" install --quiet -r bench/peer/requirements.txt
+  echo "$stamp" > "$venv/.requirements"
+fi
+python=$root/$venv/bin/python
+
+photos_dir=.cache/bench-photos
+stamp=$(sha256sum bench/make_photos.py | cut -c1-16)
+if [ "$(cat "$photos_dir/.generator" 2>/dev/null)" != "$stamp" ]; then
+  say "generating 200 photos into $photos_dir"
+  rm -rf "$photos_dir"
+  "$python" bench/make_photos.py "$photos_dir" --count 200
+  echo "$stamp" > "$photos_dir/.generator"
+fi
+find "$root/$photos_dir" -name '*.jpg' | sort | awk -v n="$photo_count" 'NR <= n' > "$work/photos.txt"
+mkdir -p "$work/folder"
+xargs -a "$work/photos.txt" -d '\n' cp -t "$work/folder"  # `label` skips symlinks
+
+mkdir -p .cache/bench-results
+report=.cache/bench-results/$(date +%Y%m%d-%H%M%S)$([ $smoke = 1 ] && echo -smoke).md
+exec > >(tee "$report")
+
+# --- Helpers ---------------------------------------------------------------
+free_port() {
+  python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+wait_healthy() { # URL PID LOG
+  for _ in $(seq 1 240); do
+    curl -sf "$1/health" >/dev/null && return 0
+    kill -0 "$2" 2>/dev/null || { tail -20 "$3" >&2; die "server behind $1 exited"; }
+    sleep 0.5
+  done
+  tail -20 "$3" >&2
+  die "no healthy server at $1 after 120 s"
+}
+
+tree_pids() { # PID: the process and all its descendants
+  echo "$1"
+  local child
+  for child in $(pgrep -P "$1" || true); do tree_pids "$child"; done
+}
+
+rss_kb() { # PID: resident memory of the process tree, kB
+  local total=0 pid kb
+  for pid in $(tree_pids "$1"); do
+    kb=$(awk '/^VmRSS/ {print $2}' "/proc/$pid/status" 2>/dev/null || true)
+    total=$((total + ${kb:-0}))
+  done
+  echo "$total"
+}
+
+load() { # NAME URL CONCURRENCY DURATION -> RESULT line in $work/NAME-c.txt
+  local threads=$(( $3 < 2 ? 1 : 2 ))
+  PHOTOS=$work/photos.txt KEY=$key wrk -t"$threads" -c"$3" -d"$4" --timeout 60s \
+    -s bench/upload.lua "$2/labelling/img" > "$work/$1-$3.txt"
+  grep -q '^RESULT ' "$work/$1-$3.txt" || { cat "$work/$1-$3.txt" >&2; die "wrk gave no result"; }
+}
+
+field() { # FILE KEY
+  grep '^RESULT ' "$1" | tr ' ' '\n' | awk -F= -v k="$2" '$1 == k {print $2}'
+}
+
+start_peer() { # WORKERS THREADS: sets peer_pid and peer (its URL)
+  local port
+  port=$(free_port)
+  PEER_API_KEYS=$key PEER_ORT_THREADS=$2 \
+    "$root/$venv/bin/uvicorn" app:app --app-dir bench/peer --host 127.0.0.1 --port "$port" \
+    --workers "$1" --loop uvloop --http httptools --no-access-log --log-level warning \
+    > "$work/peer.log" 2>&1 &
+  peer_pid=$!
+  pids+=("$peer_pid")
+  peer=http://127.0.0.1:$port
+  wait_healthy "$peer" "$peer_pid" "$work/peer.log"
+}
+
+stop_peer() {
+  kill "$peer_pid" 2>/dev/null || true
+  wait "$peer_pid" 2>/dev/null || true
+  forget "$peer_pid"
+}
+
+calc() { awk "BEGIN { printf \"$1\", $2 }"; }
+
+# --- The machine -----------------------------------------------------------
+echo "# photolabel benchmark, $(date -u '+%Y-%m-%d %H:%M UTC')$([ $smoke = 1 ] && echo ' — SMOKE RUN, figures not meaningful')"
+echo
+echo "- machine: $(lscpu | awk -F: '/^Model name/ {gsub(/^ +/, "", $2); print $2; exit}'), $cores CPUs, $(awk '/MemTotal/ {printf "%.0f GiB", $2 / 1048576}' /proc/meminfo), $(. /etc/os-release && echo "$PRETTY_NAME"), kernel $(uname -r)"
+echo "- load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "- $(rustc --version), $("$python" --version), $(wrk --version 2>&1 | awk 'NR == 1 {print $1, $2}'), onnxruntime 1.32.0 for both"
+echo "- command: scripts/bench.sh$([ $smoke = 1 ] && echo ' --smoke'); HTTP runs of $duration after a $warmup warm-up, $(wc -l < "$work/photos.txt") photos of 1440×960 cycled"
+
+# --- 1. Engine-only ceiling --------------------------------------------------
+say "engine-only: inference alone"
+"$bin" bench --engines ort --iterations "$iterations" --batch-sizes "$batch_sizes" \
+  "$(sed -n 1p "$work/photos.txt")" > "$work/engine.txt" 2> "$work/engine.log" \
+  || { cat "$work/engine.log" >&2; die "photolabel bench failed"; }
+# Rows of the batch table: | engine | batch | ms per batch | ms per photo | photos/s |
+awk -F'|' 'NF == 7 && $3 + 0 > 0 {gsub(/ /, ""); print $3, $4, $5, $6}' "$work/engine.txt" > "$work/batches.txt"
+[ -s "$work/batches.txt" ] || { cat "$work/engine.txt" >&2; die "no batch table from photolabel bench"; }
+read -r best_batch _ best_ms ceiling < <(sort -k3 -g "$work/batches.txt")
+read -r _ _ batch1_ms batch1_rate < <(awk '$1 == 1' "$work/batches.txt")
+echo
+echo "## 1. Engine-only ceiling (inference of 2 views per photo, ONNX Runtime, $cores threads)"
+echo
+echo "| batch | ms per batch | ms per photo | photos/s |"
+echo "|---|---|---|---|"
+awk '{printf "| %s | %s | %s | %s |\n", $1, $2, $3, $4}' "$work/batches.txt"
+echo
+echo "Ceiling: $ceiling photos/s ($best_ms ms per photo at batch $best_batch); batch 1: $batch1_ms ms per photo."
+
+# --- 2. CLI throughput -----------------------------------------------------
+say "CLI: photolabel label"
+start=$(date +%s.%N)
+"$bin" label "$work/folder" --format jsonl > "$work/cli.jsonl" 2> "$work/cli.log" \
+  || { cat "$work/cli.log" >&2; die "photolabel label failed"; }
+end=$(date +%s.%N)
+count=$(wc -l < "$work/cli.jsonl")
+cli_seconds=$(calc '%.2f' "$end - $start")
+echo
+echo "## 2. CLI throughput (\`photolabel label DIR --format jsonl\`, model loading included)"
+echo
+echo "| photos | seconds | photos/s |"
+echo "|---|---|---|"
+echo "| $count | $cli_seconds | $(calc '%.1f' "$count / $cli_seconds") |"
+
+# --- The two servers ---------------------------------------------------------
+say "starting photolabel serve"
+mkdir -p "$work/data"
+key=$("$bin" keys --data-dir "$work/data" create --name bench 2> "$work/keys.log") \
+  || { cat "$work/keys.log" >&2; die "cannot create a key"; }
+ours_port=$(free_port)
+"$bin" serve --data-dir "$work/data" --bind "127.0.0.1:$ours_port" --log warn > "$work/ours.log" 2>&1 &
+ours_pid=$!
+pids+=("$ours_pid")
+ours=http://127.0.0.1:$ours_port
+wait_healthy "$ours" "$ours_pid" "$work/ours.log"
+engine=$(curl -s "$ours/health")
+case $engine in *onnxruntime*) ;; *) die "photolabel is not running on ONNX Runtime: $engine" ;; esac
+
+# --- The peer's best shape ----------------------------------------------------
+echo
+echo "## Peer shape (uvicorn workers × ONNX Runtime threads; c16 for $tune each, the fastest is used)"
+echo
+echo "| workers × threads | photos/s at c16 | p50 / p99 ms |"
+echo "|---|---|---|"
+best_rate=0 peer_workers=$cores peer_threads=1
+for shape in $(printf '%s\n' $peer_shapes | awk '!seen[$0]++'); do
+  workers=${shape%:*} threads=${shape#*:}
+  say "peer shape ${workers}×${threads}"
+  start_peer "$workers" "$threads"
+  load "tune-warmup" "$peer" 4 "$warmup"
+  load "tune-$workers-$threads" "$peer" 16 "$tune"
+  stop_peer
+  t=$work/tune-$workers-$threads-16.txt
+  echo "| $workers × $threads | $(field "$t" rps) | $(field "$t" p50_ms) / $(field "$t" p99_ms) |"
+  if awk "BEGIN { exit !($(field "$t" rps) > $best_rate) }"; then
+    best_rate=$(field "$t" rps) peer_workers=$workers peer_threads=$threads
+  fi
+done
+start_peer "$peer_workers" "$peer_threads"
+
+# --- 3. Label agreement ------------------------------------------------------
+say "label agreement"
+echo
+echo "## 3. Label agreement (every photo through both servers, and the CLI)"
+echo
+mapfile -t photos < "$work/photos.txt"
+if ! "$python" bench/compare_labels.py --key "$key" --ours "$ours" --peer "$peer" \
+  --cli "$work/cli.jsonl" --min 99 "${photos[@]}" > "$work/agreement.txt"; then
+  cat "$work/agreement.txt"
+  die "FAIL: labels of photolabel and the peer agree on fewer than 99 % of the photos"
+fi
+cat "$work/agreement.txt"
+agreement=$(awk -F'[()]' 'NR == 1 {sub(/ %/, "", $2); print $2}' "$work/agreement.txt")
+
+# --- 4. HTTP load --------------------------------------------------------------
+for name in ours peer; do
+  url=$ours; [ $name = peer ] && url=$peer
+  say "warming up $name"
+  load "warmup-$name" "$url" 4 "$warmup"
+done
+for c in 1 4 16; do
+  for name in ours peer; do
+    url=$ours pid=$ours_pid
+    [ $name = peer ] && url=$peer pid=$peer_pid
+    say "HTTP: $name at concurrency $c for $duration"
+    sampler=
+    if [ "$c" = 16 ]; then
+      (while :; do rss_kb "$pid"; sleep 0.2; done) > "$work/rss-$name.txt" &
+      sampler=$!
+      pids+=("$sampler")
+    fi
+    load "$name" "$url" "$c" "$duration"
+    if [ -n "$sampler" ]; then
+      kill "$sampler" 2>/dev/null || true
+      wait "$sampler" 2>/dev/null || true
+      forget "$sampler"
+    fi
+  done
+done
+
+peak_mb() { sort -n "$work/rss-$1.txt" | tail -1 | awk '{printf "%.0f", $1 / 1024}'; }
+echo
+echo "## 4. HTTP upload endpoint (\`POST /labelling/img\`, wrk, photolabel and the peer in turn)"
+echo
+echo "photolabel: \`photolabel serve\` with its defaults. Peer: FastAPI + uvicorn, $peer_workers worker(s) × $peer_threads ONNX Runtime thread(s)."
+echo
+echo "| concurrency | photolabel photos/s | peer photos/s | ratio | photolabel p50 / p99 ms | peer p50 / p99 ms | errors (photolabel / peer) |"
+echo "|---|---|---|---|---|---|---|"
+for c in 1 4 16; do
+  o=$work/ours-$c.txt p=$work/peer-$c.txt
+  errors_o=$(( $(field "$o" non2xx) + $(field "$o" socket_errors) ))
+  errors_p=$(( $(field "$p" non2xx) + $(field "$p" socket_errors) ))
+  echo "| $c | $(field "$o" rps) | $(field "$p" rps) | $(calc '%.2f×' "$(field "$o" rps) / $(field "$p" rps)") | $(field "$o" p50_ms) / $(field "$o" p99_ms) | $(field "$p" p50_ms) / $(field "$p" p99_ms) | $errors_o / $errors_p |"
+done
+echo
+echo "| server | peak RSS under c16 |"
+echo "|---|---|"
+echo "| photolabel | $(peak_mb ours) MB |"
+echo "| peer ($peer_workers workers + supervisor, summed) | $(peak_mb peer) MB |"
+
+# --- Headline ----------------------------------------------------------------
+o16=$(field "$work/ours-16.txt" rps) p16=$(field "$work/peer-16.txt" rps)
+ratio=$(calc '%.2f' "$o16 / $p16")
+share=$(calc '%.0f' "100 * $o16 / $ceiling")
+spread=$(calc '%.2f' "$(field "$work/ours-4.txt" p99_ms) / $(field "$work/ours-4.txt" p50_ms)")
+verdict() { awk "BEGIN { print ($1) ? \"met\" : \"NOT met\" }"; }
+echo
+echo "## Headline$([ $smoke = 1 ] && echo ' (smoke run: not meaningful)')"
+echo
+echo "| criterion | target | result | |"
+echo "|---|---|---|---|"
+echo "| HTTP throughput at c16, photolabel / peer | ≥ 2.0× | ${ratio}× ($o16 vs $p16 photos/s) | $(verdict "$ratio >= 2.0") |"
+echo "| HTTP throughput at c16 / engine-only ceiling | ≥ 85 % | $share % ($o16 of $ceiling photos/s) | $(verdict "$share >= 85") |"
+echo "| photolabel p99 / p50 at c4 | ≤ 3 | $spread | $(verdict "$spread <= 3") |"
+echo "| peak RSS under c16, photolabel vs peer | below | $(peak_mb ours) MB vs $(peak_mb peer) MB | $(verdict "$(peak_mb ours) < $(peak_mb peer)") |"
+echo "| identical leaf labels, photolabel vs peer | ≥ 99 % | $agreement % | $(verdict "$agreement >= 99") |"
+bad=$(cat "$work"/ours-*.txt "$work"/peer-*.txt | grep '^RESULT' | awk '{for (i = 1; i <= NF; i++) if ($i ~ /^(non2xx|socket_errors)=/) {split($i, kv, "="); s += kv[2]}} END {print s + 0}')
+[ "$bad" = 0 ] || echo "WARNING: $bad requests failed or got a status other than 2xx; see the errors column"
+echo
+echo "Report saved to $report" >&2
