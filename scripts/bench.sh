@@ -108,7 +108,7 @@ mkdir -p "$work/folder"
 xargs -a "$work/photos.txt" -d '\n' cp -t "$work/folder"  # `label` skips symlinks
 
 mkdir -p .cache/bench-results
-report=.cache/bench-results/$(date +%Y%m%d-%H%M%S)$([ $smoke = 1 ] && echo -smoke).md
+report=.cache/bench-results/$(date +%Y%m%d-%H%M%S)$([ $smoke = 0 ] || echo -smoke).md
 exec > >(tee "$report")
 
 # --- Helpers ---------------------------------------------------------------
