@@ -22,6 +22,7 @@ use crate::docs;
 use crate::error::{ApiError, MissingField};
 use crate::fetch::Fetcher;
 use crate::limits::{guard_request, BodyError, BodyLimits};
+use crate::lockout::BadKeyLockout;
 use crate::openapi;
 use crate::store::{Endpoint, Recorded, Store};
 use crate::telemetry::log_requests;
@@ -39,6 +40,7 @@ pub struct AppState {
     pub rules: DecisionRules,
     pub body_limits: BodyLimits,
     pub rate_limiter: RateLimiter,
+    pub bad_keys: BadKeyLockout,
     pub metrics: PrometheusHandle,
 }
 

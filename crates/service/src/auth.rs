@@ -1,10 +1,12 @@
-//! `x-api-key` authentication, per-key rate limits and quotas.
+//! `x-api-key` authentication, per-key rate limits and quotas. Addresses
+//! that keep sending invalid keys are locked out ([`crate::lockout`]).
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
 
-use axum::extract::FromRequestParts;
+use axum::extract::{ConnectInfo, FromRequestParts};
 use axum::http::request::Parts;
 
 use crate::api::AppState;
@@ -32,19 +34,41 @@ async fn authenticate(parts: &Parts, state: &AppState) -> Result<KeyRecord, ApiE
         Some(v) if v.is_empty() => return Err(ApiError::MissingKey),
         Some(v) => v,
     };
-    if value.len() > MAX_KEY_LEN {
-        return Err(ApiError::InvalidKey);
+    // An over-long or non-text header is no key at all: not hashed, never
+    // looked up.
+    let hash = Some(value)
+        .filter(|v| v.len() <= MAX_KEY_LEN)
+        .and_then(|v| v.to_str().ok())
+        .map(|key| KeyHash::of(key.trim()));
+    // The connection's peer, put there by the listener; absent only when
+    // the router is driven in-process.
+    let address = parts
+        .extensions
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|ConnectInfo(peer)| peer.ip());
+    if let Some(address) = address {
+        state
+            .bad_keys
+            .check(address, hash.as_ref())
+            .map_err(|wait| ApiError::AddressLockedOut {
+                retry_after_s: wait.as_secs_f64().ceil() as u64,
+            })?;
     }
-    let key = value.to_str().map_err(|_| ApiError::InvalidKey)?;
-    let record = state
-        .store
-        .find_key(KeyHash::of(key.trim()))
-        .await
-        .map_err(ApiError::internal)?
-        .ok_or(ApiError::InvalidKey)?;
-    if record.is_revoked() {
+    let found = match hash {
+        Some(hash) => state
+            .store
+            .find_key(hash)
+            .await
+            .map_err(ApiError::internal)?,
+        None => None,
+    };
+    let Some(record) = found.filter(|record| !record.is_revoked()) else {
+        if let Some(address) = address {
+            state.bad_keys.record_failure(address, hash.as_ref());
+        }
         return Err(ApiError::InvalidKey);
-    }
+    };
+    state.bad_keys.record_success(&record.hash);
     if let Some(slot) = parts.extensions.get::<CallerSlot>() {
         let _ = slot.0.set((record.id, record.name.clone()));
     }

@@ -10,6 +10,7 @@ use std::time::Duration;
 use clap::{Args, Subcommand};
 
 use crate::fetch::FetchConfig;
+use crate::lockout::LockoutConfig;
 
 /// Where the key database lives; shared by `serve` and `keys` so both open
 /// the same file.
@@ -105,6 +106,26 @@ pub struct ServeArgs {
     #[arg(long, env = "PHOTOLABEL_MAX_REDIRECTS", default_value_t = 3)]
     pub max_redirects: usize,
 
+    /// Invalid API keys one client address may send within
+    /// `--bad-key-window` before its requests get 429 for that long (keys
+    /// that have authenticated before still pass). 0 turns this off.
+    #[arg(long, env = "PHOTOLABEL_BAD_KEY_LIMIT", default_value_t = 20)]
+    pub bad_key_limit: u32,
+
+    /// Seconds over which invalid keys are counted per address; also how
+    /// long the lockout lasts.
+    #[arg(long, env = "PHOTOLABEL_BAD_KEY_WINDOW", default_value_t = 60)]
+    pub bad_key_window: u64,
+
+    /// Client addresses tracked for invalid keys at once (IPv6 per /64);
+    /// the longest-idle ones are forgotten first, so memory stays bounded.
+    #[arg(
+        long,
+        env = "PHOTOLABEL_BAD_KEY_MAX_ADDRESSES",
+        default_value_t = 65_536
+    )]
+    pub bad_key_max_addresses: usize,
+
     /// Seconds in-flight requests get to finish after SIGTERM or Ctrl-C.
     #[arg(long, env = "PHOTOLABEL_SHUTDOWN_GRACE", default_value_t = 30)]
     pub shutdown_grace: u64,
@@ -120,6 +141,14 @@ impl ServeArgs {
             serve: ServeArgs,
         }
         Wrapper::parse_from(["photolabel"]).serve
+    }
+
+    pub fn lockout_config(&self) -> LockoutConfig {
+        LockoutConfig {
+            limit: self.bad_key_limit,
+            window: Duration::from_secs(self.bad_key_window),
+            max_addresses: self.bad_key_max_addresses,
+        }
     }
 
     pub fn fetch_config(&self) -> FetchConfig {
@@ -216,5 +245,7 @@ mod tests {
         assert_eq!(args.second_scene_threshold, 70.0);
         assert_eq!(args.max_redirects, 3);
         assert!(!args.allow_private_urls);
+        assert_eq!(args.bad_key_limit, 20);
+        assert_eq!(args.bad_key_window, 60);
     }
 }

@@ -13,6 +13,11 @@ pub const INVALID_URL_DETAIL: &str = "The URL is not valid";
 pub const INVALID_KEY_OUTPUT: &str =
     "The API key in the x-api-key header is not valid: it is unknown or has been revoked.";
 
+/// What an address gets while it is locked out for sending invalid keys.
+/// The same for every such request (the wait is in `Retry-After`).
+pub const ADDRESS_LOCKED_OUT_DETAIL: &str =
+    "Too many requests with an invalid API key from this address; retry later";
+
 /// The request field a 422 names in its `loc`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MissingField {
@@ -47,6 +52,9 @@ pub enum ApiError {
     RateLimited { per_minute: u32 },
     #[error("quota of {quota} calls used up")]
     QuotaExhausted { quota: u64 },
+    /// The client address sent too many invalid keys (see [`crate::lockout`]).
+    #[error("too many invalid API keys from this address; locked out for {retry_after_s} s")]
+    AddressLockedOut { retry_after_s: u64 },
     #[error("model queue full")]
     Overloaded,
     #[error("model not loaded yet")]
@@ -69,6 +77,15 @@ impl ApiError {
         ApiError::Internal(cause.to_string())
     }
 
+    /// Seconds for the `Retry-After` header, where one applies.
+    pub fn retry_after(&self) -> Option<u64> {
+        match self {
+            ApiError::Overloaded | ApiError::NotReady | ApiError::RequestTimeout => Some(1),
+            ApiError::AddressLockedOut { retry_after_s } => Some(*retry_after_s),
+            _ => None,
+        }
+    }
+
     pub fn status(&self) -> StatusCode {
         match self {
             ApiError::InvalidImage | ApiError::InvalidUrl => StatusCode::BAD_REQUEST,
@@ -79,9 +96,9 @@ impl ApiError {
             ApiError::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::MissingField(_) => StatusCode::UNPROCESSABLE_ENTITY,
-            ApiError::RateLimited { .. } | ApiError::QuotaExhausted { .. } => {
-                StatusCode::TOO_MANY_REQUESTS
-            }
+            ApiError::RateLimited { .. }
+            | ApiError::QuotaExhausted { .. }
+            | ApiError::AddressLockedOut { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Overloaded | ApiError::NotReady | ApiError::RequestTimeout => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
@@ -114,6 +131,7 @@ impl ApiError {
             ApiError::QuotaExhausted { quota } => json!({
                 "detail": format!("Quota exceeded: this key has used all of its {quota} calls")
             }),
+            ApiError::AddressLockedOut { .. } => json!({ "detail": ADDRESS_LOCKED_OUT_DETAIL }),
             ApiError::Overloaded => json!({
                 "detail": "The server is busy labelling other photos; retry shortly"
             }),
@@ -139,14 +157,10 @@ impl IntoResponse for ApiError {
             tracing::error!(%cause, "internal error");
         }
         let mut response = (self.status(), axum::Json(self.body())).into_response();
-        if matches!(
-            self,
-            ApiError::Overloaded | ApiError::NotReady | ApiError::RequestTimeout
-        ) {
-            response.headers_mut().insert(
-                axum::http::header::RETRY_AFTER,
-                axum::http::HeaderValue::from_static("1"),
-            );
+        if let Some(seconds) = self.retry_after() {
+            response
+                .headers_mut()
+                .insert(axum::http::header::RETRY_AFTER, seconds.into());
         }
         response
     }

@@ -8,8 +8,9 @@
 //! caller that already has a runtime.
 //!
 //! - [`api`]: router and handlers; [`error`]: every client-visible error.
-//! - [`auth`]: `x-api-key`, rate limits, quotas; [`keys`]: key generation
-//!   and hashing; [`store`]: the key database and ledger (SQLite).
+//! - [`auth`]: `x-api-key`, rate limits, quotas; [`lockout`]: addresses
+//!   that keep sending invalid keys; [`keys`]: key generation and hashing;
+//!   [`store`]: the key database and ledger (SQLite).
 //! - [`worker`]: the thread that owns the model, behind a bounded queue.
 //! - [`fetch`]: downloading images for `/labelling/url` without SSRF.
 //! - [`limits`]: body size and timeouts; [`server`]: listener and shutdown.
@@ -23,6 +24,7 @@ pub mod error;
 pub mod fetch;
 pub mod keys;
 pub mod limits;
+pub mod lockout;
 pub mod openapi;
 pub mod server;
 pub mod store;

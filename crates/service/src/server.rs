@@ -23,6 +23,7 @@ use crate::auth::RateLimiter;
 use crate::config::ServeArgs;
 use crate::fetch::Fetcher;
 use crate::limits::BodyLimits;
+use crate::lockout::BadKeyLockout;
 use crate::store::{open_store, Store};
 use crate::telemetry;
 use crate::worker::{spawn_worker, Model, ModelState, WorkerHandle};
@@ -98,6 +99,11 @@ fn validate(args: &ServeArgs) -> anyhow::Result<()> {
     anyhow::ensure!(
         args.header_timeout > 0 && args.body_timeout > 0 && args.request_timeout > 0,
         "timeouts must be at least 1 second"
+    );
+    anyhow::ensure!(
+        args.bad_key_limit == 0 || (args.bad_key_window > 0 && args.bad_key_max_addresses > 0),
+        "--bad-key-window and --bad-key-max-addresses must be at least 1 (or turn the \
+         lockout off with --bad-key-limit 0)"
     );
     Ok(())
 }
@@ -200,6 +206,7 @@ pub fn app_state(
             request_timeout: Duration::from_secs(args.request_timeout),
         },
         rate_limiter: RateLimiter::default(),
+        bad_keys: BadKeyLockout::new(args.lockout_config()),
         metrics: telemetry::prometheus(),
     })
 }
