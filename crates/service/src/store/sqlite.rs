@@ -48,6 +48,17 @@ impl SqliteStore {
         MIGRATOR.run(&pool).await?;
         Ok(Self { pool })
     }
+
+    /// `PRAGMA integrity_check`: `["ok"]` for a sound database, otherwise
+    /// the problems SQLite found (for checks after a crash).
+    pub async fn integrity_check(&self) -> Result<Vec<String>, StoreError> {
+        let rows = sqlx::query("PRAGMA integrity_check")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|row| row.try_get::<String, _>(0).map_err(StoreError::from))
+            .collect()
+    }
 }
 
 fn key_from_row(row: &SqliteRow) -> Result<KeyRecord, sqlx::Error> {
@@ -339,6 +350,12 @@ mod tests {
         assert_eq!(usage.calls_remaining, Some(0));
         assert_eq!(usage.calls_by_endpoint.get("/labelling/img"), Some(&1));
         assert_eq!(usage.calls_by_endpoint.get("/labelling/url"), Some(&1));
+    }
+
+    #[tokio::test]
+    async fn a_fresh_database_passes_the_integrity_check() {
+        let (_dir, store) = store().await;
+        assert_eq!(store.integrity_check().await.expect("check"), ["ok"]);
     }
 
     #[tokio::test]
