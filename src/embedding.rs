@@ -10,7 +10,7 @@ use std::sync::mpsc;
 
 use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};
-use ndarray::Array1;
+use ndarray::{Array1, Array2, Axis};
 use photolabel_vision::{prepare, Embedder, ImageLimits, Prepared, Preprocessing, EMBEDDING_DIM};
 
 /// Photos per backbone call: big enough to amortise the call, small enough
@@ -26,14 +26,29 @@ pub struct PhotoRef<'a> {
     pub key: &'a str,
 }
 
+/// A photo's embeddings, one row per view (the photo, its mirror image…).
+#[derive(Debug, Clone)]
+pub struct PhotoEmbedding {
+    pub views: Array2<f32>,
+}
+
+impl PhotoEmbedding {
+    /// What the heads see when labelling: the views averaged.
+    pub fn mean(&self) -> Array1<f32> {
+        self.views
+            .mean_axis(Axis(0))
+            .expect("a photo has at least one view")
+    }
+}
+
 /// An embedding per photo, or why the photo could not be embedded.
-pub type EmbeddingResult = Result<Array1<f32>, String>;
+pub type EmbeddingResult = Result<PhotoEmbedding, String>;
 
 /// Embeddings keyed by (photo key, file size), in a file named after the
 /// backbone and preprocessing that produced them, so a changed model never
-/// reads stale vectors.
+/// reads stale vectors. Every view is kept, so training can use them apart.
 pub struct EmbeddingCache {
-    entries: HashMap<String, Vec<f32>>,
+    entries: HashMap<String, Array2<f32>>,
     writer: Option<BufWriter<File>>,
 }
 
@@ -49,7 +64,7 @@ impl EmbeddingCache {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
         let p = labeller.preprocessing();
         let name = format!(
-            "{}-{}-{}.emb",
+            "{}-{}-{}-views.emb",
             &labeller.backbone_sha256()[..16],
             serde_json::to_value(p.view)?.as_str().unwrap_or("view"),
             if p.flip { "flip" } else { "noflip" }
@@ -76,19 +91,23 @@ impl EmbeddingCache {
         Some(format!("{}\u{0}{len}", photo.key))
     }
 
-    fn get(&self, key: &str) -> Option<Array1<f32>> {
-        self.entries.get(key).map(|v| Array1::from(v.clone()))
+    fn get(&self, key: &str) -> Option<PhotoEmbedding> {
+        self.entries.get(key).map(|views| PhotoEmbedding {
+            views: views.clone(),
+        })
     }
 
-    fn put(&mut self, key: String, embedding: &Array1<f32>) -> std::io::Result<()> {
+    /// Appends a record: key length, key, view count, then the views' floats.
+    fn put(&mut self, key: String, embedding: &PhotoEmbedding) -> std::io::Result<()> {
         if let Some(writer) = &mut self.writer {
             let bytes = key.as_bytes();
             writer.write_all(&(bytes.len() as u32).to_le_bytes())?;
             writer.write_all(bytes)?;
-            for v in embedding {
+            writer.write_all(&(embedding.views.nrows() as u32).to_le_bytes())?;
+            for v in &embedding.views {
                 writer.write_all(&v.to_le_bytes())?;
             }
-            self.entries.insert(key, embedding.to_vec());
+            self.entries.insert(key, embedding.views.clone());
         }
         Ok(())
     }
@@ -100,15 +119,28 @@ impl EmbeddingCache {
 
 /// Reads records until the first incomplete one (a run cut short leaves a
 /// partial record at the end; everything before it is still good).
-fn read_entries(mut reader: impl Read, entries: &mut HashMap<String, Vec<f32>>) {
+fn read_entries(mut reader: impl Read, entries: &mut HashMap<String, Array2<f32>>) {
+    fn read_u32(reader: &mut impl Read) -> Option<usize> {
+        let mut bytes = [0u8; 4];
+        reader
+            .read_exact(&mut bytes)
+            .ok()
+            .map(|()| u32::from_le_bytes(bytes) as usize)
+    }
     loop {
-        let mut len = [0u8; 4];
-        if reader.read_exact(&mut len).is_err() {
+        // Lengths are bounded so a damaged file cannot ask for gigabytes.
+        let Some(len) = read_u32(&mut reader).filter(|&n| n <= 4096) else {
+            return;
+        };
+        let mut key = vec![0u8; len];
+        if reader.read_exact(&mut key).is_err() {
             return;
         }
-        let mut key = vec![0u8; u32::from_le_bytes(len) as usize];
-        let mut floats = vec![0u8; EMBEDDING_DIM * 4];
-        if reader.read_exact(&mut key).is_err() || reader.read_exact(&mut floats).is_err() {
+        let Some(views) = read_u32(&mut reader).filter(|v| (1..=16).contains(v)) else {
+            return;
+        };
+        let mut floats = vec![0u8; views * EMBEDDING_DIM * 4];
+        if reader.read_exact(&mut floats).is_err() {
             return;
         }
         let Ok(key) = String::from_utf8(key) else {
@@ -118,7 +150,10 @@ fn read_entries(mut reader: impl Read, entries: &mut HashMap<String, Vec<f32>>) 
             .chunks_exact(4)
             .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
             .collect();
-        entries.insert(key, values);
+        let Ok(views) = Array2::from_shape_vec((views, EMBEDDING_DIM), values) else {
+            return;
+        };
+        entries.insert(key, views);
     }
 }
 
@@ -209,9 +244,11 @@ pub fn embed_photos(
             }
             let (indices, prepared): (Vec<usize>, Vec<Prepared>) = batch.drain(..).unzip();
             let count = indices.len() as u64;
-            let embeddings = labeller.embed(&prepared)?;
-            for (i, row) in indices.into_iter().zip(embeddings.outer_iter()) {
-                let embedding = row.to_owned();
+            let embeddings = labeller.embed_views(&prepared)?;
+            for (i, views) in indices.into_iter().zip(embeddings.outer_iter()) {
+                let embedding = PhotoEmbedding {
+                    views: views.to_owned(),
+                };
                 if let Some(Some(key)) = keys.get(&i) {
                     cache.put(key.clone(), &embedding)?;
                 }

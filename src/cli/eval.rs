@@ -95,7 +95,9 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
             failed += 1;
             continue;
         };
-        let p = labeller.heads().stage_probabilities(embedding.view());
+        let p = labeller
+            .heads()
+            .stage_probabilities(embedding.mean().view());
         let (predicted, confidence) = p.image.top();
         image.add(photo.image_class.name(), predicted.name(), confidence);
         if let (ImageClass::Indoor, Some(truth)) = (photo.image_class, photo.room) {

@@ -103,7 +103,9 @@ pub fn run(args: LabelArgs) -> anyhow::Result<std::process::ExitCode> {
         .map(|e| {
             e.map(|embedding| {
                 decide(
-                    &labeller.heads().stage_probabilities(embedding.view()),
+                    &labeller
+                        .heads()
+                        .stage_probabilities(embedding.mean().view()),
                     &rules,
                 )
             })

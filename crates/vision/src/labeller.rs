@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use ndarray::{s, Array2, Array4, Axis};
+use ndarray::{s, Array2, Array3, Array4, Axis};
 use photolabel_taxonomy::StageProbabilities;
 
 use crate::backbone::{
@@ -74,9 +74,18 @@ impl Embedder {
         &self.backbone_sha256
     }
 
-    /// Embeddings `[photos, 1280]` of a batch: the backbone runs every view
-    /// of every photo in one call, and each photo's views are averaged.
+    /// Embeddings `[photos, 1280]` of a batch: each photo's views averaged.
     pub fn embed(&mut self, batch: &[Prepared]) -> Result<Array2<f32>, LabellerError> {
+        Ok(self
+            .embed_views(batch)?
+            .mean_axis(Axis(1))
+            .unwrap_or_else(|| Array2::zeros((batch.len(), EMBEDDING_DIM))))
+    }
+
+    /// Embeddings `[photos, views, 1280]` of a batch, one per view: the
+    /// backbone runs every view of every photo in one call. Training keeps
+    /// the views apart; labelling averages them ([`Embedder::embed`]).
+    pub fn embed_views(&mut self, batch: &[Prepared]) -> Result<Array3<f32>, LabellerError> {
         let views = batch.first().map_or(1, |p| p.tensor.shape()[0]);
         if let Some((index, bad)) = batch
             .iter()
@@ -90,7 +99,7 @@ impl Embedder {
             });
         }
         if batch.is_empty() {
-            return Ok(Array2::zeros((0, EMBEDDING_DIM)));
+            return Ok(Array3::zeros((0, views, EMBEDDING_DIM)));
         }
         // The common case (one photo per request) runs on the photo's own
         // tensor; only real batches are copied into one array.
@@ -108,13 +117,10 @@ impl Embedder {
             joined.view()
         };
         let output = self.backbone.infer(input)?;
-        let embedding = output
+        Ok(output
             .embedding
             .into_shape_with_order((batch.len(), views, EMBEDDING_DIM))
-            .map_err(|e| EngineError::Inference(e.to_string()))?
-            .mean_axis(Axis(1))
-            .expect("at least one view");
-        Ok(embedding)
+            .map_err(|e| EngineError::Inference(e.to_string()))?)
     }
 }
 
