@@ -73,9 +73,9 @@ wrk_photos_per_s() {
   awk '$1 == "wrk_status" && $2 == 200 { n = $3 } END { print n + 0 }' "$work/wrk-$1.txt" |
     awk -v d="$(wrk_seconds "$1")" '{ printf "%.1f", $1 / d }'
 }
-# wrk's own duration line: "N requests in 20.01s, ...".
-wrk_seconds() { sed -n 's/.* requests in \([0-9.]*\)\(m\?s\),.*/\1 \2/p' "$work/wrk-$1.txt" |
-  awk '{ print ($2 == "ms") ? $1 / 1000 : $1 }'; }
+# wrk's own duration line: "N requests in 20.01s, ..." (or 10.00m, 1.00h).
+wrk_seconds() { sed -n 's/.* requests in \([0-9.]*\)\(ms\|s\|m\|h\),.*/\1 \2/p' "$work/wrk-$1.txt" |
+  awk '{ f = ($2 == "ms") ? 0.001 : ($2 == "m") ? 60 : ($2 == "h") ? 3600 : 1; print $1 * f }'; }
 
 echo "== capacity: $concurrency connections, unpaced, $baseline"
 if [ -n "${CAPACITY:-}" ]; then
