@@ -236,8 +236,8 @@ fn heads_for_another_backbone_are_refused() {
 
 /// Regression floors on the held-out validation split for the committed
 /// heads. They sit half a point under what `photolabel eval --split val`
-/// measured for them (MODEL_CARD.md: image 0.9315, room 0.8848, scene
-/// 0.7994, leaf 0.8045, Houses leaf 0.9800, ECE 0.0184), so a change that
+/// measured for them (MODEL_CARD.md: image 0.9321, room 0.8848, scene
+/// 0.7994, leaf 0.8052, Houses leaf 0.9800, ECE 0.0175), so a change that
 /// loses accuracy fails here. Issue 2's floors (from a Python linear probe:
 /// image 0.933, room 0.876, scene 0.802, leaf 0.804, Houses 0.967) are
 /// met for room, leaf and Houses but not yet for image class and scene;
