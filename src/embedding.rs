@@ -309,3 +309,50 @@ pub fn embed_labelled(
     progress.finish_and_clear();
     Ok(results)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn embedding(views: usize, seed: f32) -> PhotoEmbedding {
+        PhotoEmbedding {
+            views: Array2::from_shape_fn((views, EMBEDDING_DIM), |(v, j)| {
+                seed + v as f32 + j as f32 / 1000.0
+            }),
+        }
+    }
+
+    #[test]
+    fn cache_records_read_back_with_their_views_and_a_torn_tail_is_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cache.emb");
+        let mut cache = EmbeddingCache {
+            entries: HashMap::new(),
+            writer: Some(BufWriter::new(File::create(&path).unwrap())),
+        };
+        cache.put("a\u{0}10".into(), &embedding(2, 0.0)).unwrap();
+        cache.put("b\u{0}20".into(), &embedding(1, 5.0)).unwrap();
+        cache.flush().unwrap();
+        drop(cache);
+        // A run killed mid-write leaves half a record at the end.
+        let mut bytes = std::fs::read(&path).unwrap();
+        let whole = bytes.len();
+        bytes.extend_from_slice(&4u32.to_le_bytes());
+        bytes.extend_from_slice(b"c\x0030");
+        bytes.extend_from_slice(&2u32.to_le_bytes());
+        bytes.extend_from_slice(&[0u8; 100]);
+        std::fs::write(&path, &bytes).unwrap();
+        assert!(bytes.len() > whole);
+
+        let mut entries = HashMap::new();
+        read_entries(BufReader::new(File::open(&path).unwrap()), &mut entries);
+        assert_eq!(entries.len(), 2);
+        assert_eq!(entries["a\u{0}10"], embedding(2, 0.0).views);
+        assert_eq!(entries["b\u{0}20"], embedding(1, 5.0).views);
+        let mean = PhotoEmbedding {
+            views: entries["a\u{0}10"].clone(),
+        }
+        .mean();
+        assert!((mean[0] - 0.5).abs() < 1e-6);
+    }
+}
