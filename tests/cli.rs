@@ -234,14 +234,13 @@ fn heads_for_another_backbone_are_refused() {
     );
 }
 
-/// Regression floors on the held-out validation split for the committed
-/// heads. They sit half a point under what `photolabel eval --split val`
-/// measured for them (MODEL_CARD.md: image 0.9321, room 0.8848, scene
-/// 0.7994, leaf 0.8052, Houses leaf 0.9800, ECE 0.0175), so a change that
-/// loses accuracy fails here. Issue 2's floors (from a Python linear probe:
-/// image 0.933, room 0.876, scene 0.802, leaf 0.804, Houses 0.967) are
-/// met for room, leaf and Houses but not yet for image class and scene;
-/// MODEL_CARD.md says so.
+/// Floors on the held-out validation split for the committed backbone and
+/// heads. Issue 2's floors (from a Python linear probe on the frozen
+/// ImageNet backbone: image 0.933, room 0.876, scene 0.802, leaf 0.804,
+/// Houses 0.967, ECE ≤ 0.03) must hold; where the measured figure is well
+/// above one (MODEL_CARD.md: image 0.9388, room 0.8878, scene 0.8069, leaf
+/// 0.8129, Houses 0.9867, ECE 0.0132) the floor sits half a point under it,
+/// so a change that loses accuracy fails here.
 #[test]
 fn validation_split_keeps_its_accuracy() {
     let labels = root().join("../shared/data/labels.csv");
@@ -276,10 +275,10 @@ fn validation_split_keeps_its_accuracy() {
     );
     assert_eq!(report["failed"], 0);
     assert!(report["count"].as_u64().unwrap() > 1500);
-    assert!(get("/image_class/accuracy") >= 0.926);
-    assert!(get("/room/accuracy") >= 0.879);
-    assert!(get("/scene/accuracy") >= 0.794);
-    assert!(get("/leaf/accuracy") >= 0.799);
-    assert!(get("/leaf_accuracy_by_source/houses_dataset/accuracy") >= 0.967);
+    assert!(get("/image_class/accuracy") >= 0.933);
+    assert!(get("/room/accuracy") >= 0.882);
+    assert!(get("/scene/accuracy") >= 0.802);
+    assert!(get("/leaf/accuracy") >= 0.807);
+    assert!(get("/leaf_accuracy_by_source/houses_dataset/accuracy") >= 0.98);
     assert!(get("/ece") <= 0.03);
 }

@@ -12,16 +12,18 @@
 
 use std::collections::BTreeMap;
 use std::io::{ErrorKind, Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use photolabel_service::store::{SqliteStore, Store as _, DATABASE_FILE};
 
-const BIN: &str = env!("CARGO_BIN_EXE_photolabel");
+mod support;
+use support::{create_key, free_port, Serving};
+
 /// Concurrent clients; below the default queue capacity (32), so the
 /// server answers 200 and never 503 while it is up.
 const CLIENTS: usize = 6;
@@ -40,13 +42,6 @@ fn upload_body() -> Vec<u8> {
     body.extend(photo);
     body.extend(format!("\r\n--{BOUNDARY}--\r\n").into_bytes());
     body
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port()
 }
 
 /// How one request ended.
@@ -131,44 +126,11 @@ fn get_body(port: u16, path: &str, key: &str) -> String {
         .unwrap_or_default()
 }
 
-struct Serving(Child);
-
-impl Drop for Serving {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
+/// `serve` on PORT over DATA_DIR, once `/health` answers 200.
 fn start(data_dir: &Path, port: u16) -> Serving {
-    let mut serving = Serving(
-        Command::new(BIN)
-            .args([
-                "serve",
-                "--bind",
-                &format!("127.0.0.1:{port}"),
-                "--data-dir",
-            ])
-            .arg(data_dir)
-            .args(["--log", "warn"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start serve"),
-    );
-    let started = Instant::now();
-    while get(port, "/health", None) != Outcome::Status(200) {
-        assert!(
-            serving.0.try_wait().expect("status").is_none(),
-            "serve exited early"
-        );
-        assert!(
-            started.elapsed() < Duration::from_secs(300),
-            "server never became ready"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    serving
+    Serving::start(port, data_dir, &["--log", "warn"], || {
+        get(port, "/health", None) == Outcome::Status(200)
+    })
 }
 
 /// What the database says after a crash: its integrity check, the key's
@@ -212,16 +174,7 @@ fn ledger_survives_sigkill_under_load() {
         .expect("runtime");
     let dir = tempfile::tempdir().expect("temp dir");
     let data_dir = dir.path().to_path_buf();
-    let created = Command::new(BIN)
-        .args(["keys", "create", "--name", "crash", "--data-dir"])
-        .arg(&data_dir)
-        .output()
-        .expect("keys create");
-    assert!(created.status.success());
-    let key = String::from_utf8(created.stdout)
-        .expect("utf-8")
-        .trim()
-        .to_owned();
+    let key = create_key(&data_dir, "crash");
     let body = Arc::new(upload_body());
 
     println!(

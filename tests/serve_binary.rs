@@ -6,24 +6,17 @@
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-const BIN: &str = env!("CARGO_BIN_EXE_photolabel");
+mod support;
+use support::{create_key, free_port, Serving};
 
 fn fixture(name: &str) -> Vec<u8> {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("tests/fixtures/photos")
         .join(name);
     std::fs::read(path).expect("fixture photo")
-}
-
-/// A port that was free a moment ago.
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port()
 }
 
 /// One HTTP/1.1 exchange over a fresh connection; returns status and body.
@@ -81,75 +74,14 @@ fn image_server(bytes: Vec<u8>) -> u16 {
     port
 }
 
-struct Serving(Child);
-
-impl Drop for Serving {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[test]
 fn serve_labels_uploads_and_urls() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let data_dir = dir.path().to_str().expect("utf-8 path").to_owned();
-
-    let created = Command::new(BIN)
-        .args([
-            "keys",
-            "create",
-            "--name",
-            "binary-test",
-            "--data-dir",
-            &data_dir,
-        ])
-        .output()
-        .expect("run keys create");
-    assert!(
-        created.status.success(),
-        "{}",
-        String::from_utf8_lossy(&created.stderr)
-    );
-    let key = String::from_utf8(created.stdout)
-        .expect("utf-8")
-        .trim()
-        .to_owned();
-    assert!(key.starts_with("pl_"), "stdout is the key alone: {key:?}");
-
+    let key = create_key(dir.path(), "binary-test");
     let port = free_port();
-    let mut serving = Serving(
-        Command::new(BIN)
-            .args([
-                "serve",
-                "--bind",
-                &format!("127.0.0.1:{port}"),
-                "--data-dir",
-                &data_dir,
-                "--allow-private-urls",
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start serve"),
-    );
-
-    // Wait for the model to load (a condition, bounded generously).
-    let started = Instant::now();
-    loop {
-        if let Ok((200, _)) = http(port, "GET", "/health", &[], b"") {
-            break;
-        }
-        assert!(
-            serving.0.try_wait().expect("status").is_none(),
-            "serve exited early"
-        );
-        assert!(
-            started.elapsed() < Duration::from_secs(300),
-            "server never became ready"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let mut serving = Serving::start(port, dir.path(), &["--allow-private-urls"], || {
+        matches!(http(port, "GET", "/health", &[], b""), Ok((200, _)))
+    });
 
     let boundary = "serve-binary-test-boundary";
     let mut body = format!(

