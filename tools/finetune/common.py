@@ -46,19 +46,6 @@ def add_pylib(data_dir):
         sys.path.insert(0, str(lib))
 
 
-def conv_bn_pairs(net):
-    """(conv name, bn name) of the model in forward order (= ONNX Conv order)."""
-    pairs = [("_conv_stem", "_bn0")]
-    for i, block in enumerate(net._blocks):
-        p = f"_blocks.{i}."
-        if block._block_args.expand_ratio != 1:
-            pairs.append((p + "_expand_conv", p + "_bn0"))
-        pairs.append((p + "_depthwise_conv", p + "_bn1"))
-        pairs.append((p + "_project_conv", p + "_bn2"))
-    pairs.append(("_conv_head", "_bn1"))
-    return pairs
-
-
 def bn_eps(net):
     return float(net._global_params.batch_norm_epsilon)
 
@@ -95,11 +82,11 @@ def state_dict_from_onnx(net, onnx_path, bn):
     import torch
 
     convs, fc_w, fc_b = onnx_convs(onnx_path)
-    pairs = conv_bn_pairs(net)
+    ref = net.state_dict()
+    pairs = conv_bn_pairs(ref)
     if len(convs) != len(pairs):
         raise RuntimeError(f"ONNX has {len(convs)} Conv nodes, model has {len(pairs)} conv+bn pairs")
     eps = bn_eps(net)
-    ref = net.state_dict()
     sd = {}
     for (conv, bnname), (wf, _bf) in zip(pairs, convs):
         want = tuple(ref[conv + ".weight"].shape)
@@ -127,13 +114,15 @@ def bn_tensors(state_dict):
             for n in names for k in ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")}
 
 
-def conv_bn_pairs_from_state_dict(state_dict):
-    """(conv, bn) pairs in forward order without building the model: in the
-    state dict every conv weight is followed by the BatchNorm that normalises it
-    (the same order as conv_bn_pairs, checked by pack_data.py)."""
+def conv_bn_pairs(state_dict):
+    """(conv name, bn name) in forward order (= the ONNX's Conv order), from a
+    state dict (numpy or torch) rather than the model, so that packing needs
+    no torch: modules register, and so list, each conv weight just before the
+    BatchNorm that normalises it. pack_data.py checks the pairs against the
+    ONNX's convolutions (shapes and folded values)."""
     pairs, conv = [], None
     for k in state_dict:
-        if k.endswith(".weight") and np.asarray(state_dict[k]).ndim == 4:
+        if k.endswith(".weight") and state_dict[k].ndim == 4:
             conv = k[: -len(".weight")]
         elif k.endswith(".running_mean") and conv is not None:
             pairs.append((conv, k[: -len(".running_mean")]))

@@ -84,7 +84,7 @@ def verify_weights(sd, onnx_path, bn):
     ONNX + bn.npz rebuild the .pth (finetune.py re-checks the rebuilt model
     against onnxruntime on the device)."""
     convs, fc_w, fc_b = common.onnx_convs(onnx_path)
-    pairs = common.conv_bn_pairs_from_state_dict(sd)
+    pairs = common.conv_bn_pairs(sd)
     if len(pairs) != len(convs):
         raise SystemExit(f"ONNX has {len(convs)} Conv nodes, the .pth {len(pairs)} conv+bn pairs")
     eps = 1e-3  # EfficientNet-Lite's batch_norm_epsilon
