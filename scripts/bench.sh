@@ -7,7 +7,8 @@
 # Installs what it needs (wrk from apt, ONNX Runtime, a release build, a
 # Python venv for the peer under .cache/bench-venv), generates 200 1440×960
 # JPEGs into .cache/bench-photos (bench/make_photos.py), then prints:
-#   1. the engine-only ceiling: inference alone at batch 1, 2, 4, 8;
+#   1. the engine-only ceiling: inference alone at batch 1, 2, 4, 8, for one
+#      model replica on every core and for one replica per core;
 #   2. CLI throughput: `photolabel label` on the folder;
 #   3. label agreement between photolabel and the Python peer (bench/peer/),
 #      failing when below 99 % of leaf labels;
@@ -183,22 +184,27 @@ echo "- command: scripts/bench.sh$([ $smoke = 1 ] && echo ' --smoke'); HTTP runs
 
 # --- 1. Engine-only ceiling --------------------------------------------------
 say "engine-only: inference alone"
+# One replica using every core, and one replica per core (what `serve`
+# runs by default on a small machine): the ceiling is the better of all.
+replica_layouts=$(printf '%s\n' 1 "$cores" | awk '!seen[$0]++' | paste -sd,)
 "$bin" bench --engines ort --iterations "$iterations" --batch-sizes "$batch_sizes" \
+  --replicas "$replica_layouts" \
   "$(sed -n 1p "$work/photos.txt")" > "$work/engine.txt" 2> "$work/engine.log" \
   || { cat "$work/engine.log" >&2; die "photolabel bench failed"; }
-# Rows of the batch table: | engine | batch | ms per batch | ms per photo | photos/s |
-awk -F'|' 'NF == 7 && $3 + 0 > 0 {gsub(/ /, ""); print $3, $4, $5, $6}' "$work/engine.txt" > "$work/batches.txt"
+# Rows of the batch table:
+# | engine | replicas × threads | batch | ms per batch | ms per photo | photos/s |
+awk -F'|' 'NF == 8 && $4 + 0 > 0 {gsub(/ /, ""); print $3, $4, $5, $6, $7}' "$work/engine.txt" > "$work/batches.txt"
 [ -s "$work/batches.txt" ] || { cat "$work/engine.txt" >&2; die "no batch table from photolabel bench"; }
-read -r best_batch _ best_ms ceiling < <(sort -k3 -g "$work/batches.txt")
-read -r _ _ batch1_ms batch1_rate < <(awk '$1 == 1' "$work/batches.txt")
+read -r best_layout best_batch _ best_ms ceiling < <(sort -k4 -g "$work/batches.txt")
+read -r _ _ _ batch1_ms _ < <(awk '$1 == "1×'"$cores"'" && $2 == 1' "$work/batches.txt")
 echo
-echo "## 1. Engine-only ceiling (inference of 2 views per photo, ONNX Runtime, $cores threads)"
+echo "## 1. Engine-only ceiling (inference of 2 views per photo, ONNX Runtime, $cores cores)"
 echo
-echo "| batch | ms per batch | ms per photo | photos/s |"
-echo "|---|---|---|---|"
-awk '{printf "| %s | %s | %s | %s |\n", $1, $2, $3, $4}' "$work/batches.txt"
+echo "| replicas × threads | batch | ms per batch (median) | ms per photo | photos/s |"
+echo "|---|---|---|---|---|"
+awk '{printf "| %s | %s | %s | %s | %s |\n", $1, $2, $3, $4, $5}' "$work/batches.txt"
 echo
-echo "Ceiling: $ceiling photos/s ($best_ms ms per photo at batch $best_batch); batch 1: $batch1_ms ms per photo."
+echo "Ceiling: $ceiling photos/s ($best_ms ms per photo, $best_layout at batch $best_batch); one replica on every core at batch 1: $batch1_ms ms per photo."
 
 # --- 2. CLI throughput -----------------------------------------------------
 say "CLI: photolabel label"

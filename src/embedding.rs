@@ -1,23 +1,25 @@
 //! Embedding many photos from disk: decoding on worker threads overlaps the
-//! backbone on the main thread, and an optional cache keeps `train` and
-//! `eval` from recomputing the same embeddings.
+//! backbone (one thread per model replica), and an optional cache keeps
+//! `train` and `eval` from recomputing the same embeddings.
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::io::{BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
-use std::sync::mpsc;
 
 use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};
 use ndarray::{Array1, Array2, Axis};
 use photolabel_vision::{prepare, Embedder, ImageLimits, Prepared, Preprocessing, EMBEDDING_DIM};
 
-/// Photos per backbone call. One: on the 2-core machine ONNX Runtime took
-/// 20 ms per photo at batch 1 and 27 ms per photo at batch 4 (`photolabel
-/// bench --batch-sizes 1,2,4`), and labelling 200 photos took 5.3 s at
-/// batch 1 against 9.2 s at batch 16 — bigger batches only lose cache.
-const BATCH: usize = 1;
+/// Photos decoded ahead of the backbone, per model replica. Photos go
+/// through the backbone one at a time: on the 2-core machine ONNX Runtime
+/// took 20 ms per photo at batch 1 and 27 ms per photo at batch 4
+/// (`photolabel bench --batch-sizes 1,2,4`), and labelling 200 photos took
+/// 5.3 s at batch 1 against 9.2 s at batch 16 — bigger batches only lose
+/// cache. One at a time also makes a photo's embedding independent of
+/// which photos share its run, whichever replica computes it.
+const AHEAD: usize = 2;
 
 /// Largest file the command line reads; bigger files get a per-file error.
 pub const MAX_FILE_BYTES: u64 = 64 * 1024 * 1024;
@@ -187,15 +189,19 @@ pub fn progress_bar(len: usize, what: &str) -> ProgressBar {
     bar
 }
 
-/// Embeds every photo, in order. Decoding runs on `decoders` threads while
-/// the backbone runs here; cached photos are not decoded at all.
+/// Embeds every photo, in order. Decoding runs on one thread per core while
+/// each embedder (model replica) runs on a thread of its own; cached photos
+/// are not decoded at all.
 pub fn embed_photos(
-    labeller: &mut Embedder,
+    embedders: Vec<&mut Embedder>,
     photos: &[PhotoRef<'_>],
     limits: &ImageLimits,
     cache: &mut EmbeddingCache,
     progress: &ProgressBar,
 ) -> anyhow::Result<Vec<EmbeddingResult>> {
+    let Some(preprocessing) = embedders.first().map(|e| e.preprocessing()) else {
+        anyhow::bail!("no model to embed the photos with");
+    };
     let mut results: Vec<Option<EmbeddingResult>> = vec![None; photos.len()];
     let mut todo: Vec<(usize, PathBuf, Option<String>)> = Vec::new();
     for (i, photo) in photos.iter().enumerate() {
@@ -208,10 +214,11 @@ pub fn embed_photos(
             None => todo.push((i, photo.path.to_path_buf(), key)),
         }
     }
-    let preprocessing = labeller.preprocessing();
-    let decoders = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let (job_tx, job_rx) = crossbeam_channel::bounded::<(usize, PathBuf)>(BATCH * 2);
-    let (done_tx, done_rx) = mpsc::sync_channel::<(usize, Result<Prepared, String>)>(BATCH * 2);
+    let decoders = photolabel_vision::cores();
+    let ahead = AHEAD * embedders.len();
+    let (job_tx, job_rx) = crossbeam_channel::bounded::<(usize, PathBuf)>(ahead);
+    let (done_tx, done_rx) = crossbeam_channel::bounded::<(usize, Result<Prepared, String>)>(ahead);
+    let (embedded_tx, embedded_rx) = crossbeam_channel::bounded::<(usize, EmbeddingResult)>(ahead);
     let keys: HashMap<usize, Option<String>> =
         todo.iter().map(|(i, _, k)| (*i, k.clone())).collect();
     std::thread::scope(|scope| -> anyhow::Result<()> {
@@ -237,43 +244,43 @@ pub fn embed_photos(
                 }
             }
         });
-        let mut batch: Vec<(usize, Prepared)> = Vec::with_capacity(BATCH);
-        let mut flush = |batch: &mut Vec<(usize, Prepared)>,
-                         results: &mut Vec<Option<EmbeddingResult>>|
-         -> anyhow::Result<()> {
-            if batch.is_empty() {
-                return Ok(());
-            }
-            let (indices, prepared): (Vec<usize>, Vec<Prepared>) = batch.drain(..).unzip();
-            let count = indices.len() as u64;
-            let embeddings = labeller.embed_views(&prepared)?;
-            for (i, views) in indices.into_iter().zip(embeddings.outer_iter()) {
-                let embedding = PhotoEmbedding {
-                    views: views.to_owned(),
-                };
-                if let Some(Some(key)) = keys.get(&i) {
-                    cache.put(key.clone(), &embedding)?;
-                }
-                results[i] = Some(Ok(embedding));
-            }
-            progress.inc(count);
-            Ok(())
-        };
-        for (i, outcome) in done_rx {
-            match outcome {
-                Ok(prepared) => {
-                    batch.push((i, prepared));
-                    if batch.len() == BATCH {
-                        flush(&mut batch, &mut results)?;
+        let replicas: Vec<_> = embedders
+            .into_iter()
+            .map(|embedder| {
+                let (done_rx, embedded_tx) = (done_rx.clone(), embedded_tx.clone());
+                scope.spawn(move || -> anyhow::Result<()> {
+                    for (i, outcome) in done_rx {
+                        let embedding = match outcome {
+                            Ok(prepared) => Ok(PhotoEmbedding {
+                                views: embedder
+                                    .embed_views(std::slice::from_ref(&prepared))?
+                                    .index_axis_move(Axis(0), 0),
+                            }),
+                            Err(reason) => Err(reason),
+                        };
+                        if embedded_tx.send((i, embedding)).is_err() {
+                            break;
+                        }
                     }
-                }
-                Err(reason) => {
-                    results[i] = Some(Err(reason));
-                    progress.inc(1);
-                }
+                    Ok(())
+                })
+            })
+            .collect();
+        // Only the replicas may hold these now, so the loop below ends
+        // when they have all finished.
+        drop((done_rx, embedded_tx));
+        for (i, embedding) in embedded_rx {
+            if let (Ok(embedding), Some(Some(key))) = (&embedding, keys.get(&i)) {
+                cache.put(key.clone(), embedding)?;
             }
+            results[i] = Some(embedding);
+            progress.inc(1);
         }
-        flush(&mut batch, &mut results)?;
+        for replica in replicas {
+            replica
+                .join()
+                .map_err(|_| anyhow::anyhow!("a model replica's thread panicked"))??;
+        }
         feeder.join().expect("feeder thread does not panic");
         Ok(())
     })?;
@@ -305,7 +312,7 @@ pub fn embed_labelled(
         })
         .collect();
     let progress = progress_bar(refs.len(), what);
-    let results = embed_photos(embedder, &refs, limits, &mut cache, &progress)?;
+    let results = embed_photos(vec![embedder], &refs, limits, &mut cache, &progress)?;
     progress.finish_and_clear();
     Ok(results)
 }

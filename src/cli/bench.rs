@@ -1,13 +1,15 @@
 //! `photolabel bench`: milliseconds per photo for each pipeline step, and
-//! optionally inference alone at several batch sizes (the engine-only
-//! ceiling the HTTP service is measured against, `scripts/bench.sh`).
+//! optionally inference alone at several batch sizes and replica layouts
+//! (the engine-only ceiling the HTTP service is measured against,
+//! `scripts/bench.sh`).
 
 use std::path::PathBuf;
+use std::sync::Barrier;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::Args;
-use photolabel_vision::{prepare, EngineKind};
+use photolabel_vision::{prepare, EngineKind, Labeller, Prepared};
 
 use super::ModelArgs;
 
@@ -27,6 +29,10 @@ pub struct BenchArgs {
     /// first photo (e.g. `1,2,4,8`; each photo is all its views).
     #[arg(long, value_delimiter = ',', value_parser = clap::value_parser!(u16).range(1..=256))]
     pub batch_sizes: Vec<u16>,
+    /// Model replicas inferring side by side in the batch table (e.g. `1,2`),
+    /// the cores shared out among them as `serve --replicas` does.
+    #[arg(long, value_delimiter = ',', default_value = "1", value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub replicas: Vec<u16>,
     #[command(flatten)]
     pub model: ModelArgs,
 }
@@ -78,28 +84,89 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
                 labeller.engine_name()
             );
         }
-        if let Some(first) = args.photos.first() {
-            let bytes = std::fs::read(first)?;
-            let prepared = prepare(&bytes, &limits, &preprocessing)?;
-            for &size in &args.batch_sizes {
-                let batch = vec![prepared.clone(); size.into()];
-                let ms = time(args.iterations, || Ok(labeller.label(&batch).map(drop)?))?;
-                let per_photo = ms / f64::from(size);
-                batch_rows.push(format!(
-                    "| {} | {size} | {ms:.1} | {per_photo:.1} | {:.1} |",
-                    labeller.engine_name(),
-                    1000.0 / per_photo
-                ));
+    }
+    if let (Some(first), false) = (args.photos.first(), args.batch_sizes.is_empty()) {
+        let bytes = std::fs::read(first)?;
+        for engine in &args.engines {
+            for &replicas in &args.replicas {
+                let mut model = args.model.clone();
+                model.engine = *engine;
+                let config = model.config();
+                let config = photolabel_vision::ModelConfig {
+                    engine: config.engine.for_replicas(replicas.into()),
+                    ..config
+                };
+                let mut labellers = (0..replicas)
+                    .map(|_| Labeller::load(&config))
+                    .collect::<Result<Vec<_>, _>>()?;
+                let prepared = prepare(&bytes, &model.limits(), &labellers[0].preprocessing())?;
+                for &size in &args.batch_sizes {
+                    let batch = vec![prepared.clone(); size.into()];
+                    let (ms, wall) = time_replicas(&mut labellers, &batch, args.iterations)?;
+                    let photos = labellers.len() * args.iterations.max(1) * usize::from(size);
+                    let per_photo = wall.as_secs_f64() * 1000.0 / photos as f64;
+                    batch_rows.push(format!(
+                        "| {} | {replicas}×{} | {size} | {ms:.1} | {per_photo:.1} | {:.1} |",
+                        labellers[0].engine_name(),
+                        config.engine.threads,
+                        1000.0 / per_photo
+                    ));
+                }
             }
         }
     }
     if !batch_rows.is_empty() {
         println!();
-        println!("| engine | batch | inference ms per batch | ms per photo | photos/s |");
-        println!("|---|---|---|---|---|");
+        println!(
+            "| engine | replicas × threads | batch | inference ms per batch | ms per photo | photos/s |"
+        );
+        println!("|---|---|---|---|---|---|");
         for row in batch_rows {
             println!("{row}");
         }
     }
     Ok(())
+}
+
+/// Every replica labels `batch` `iterations` times on its own thread, all
+/// starting together after 3 warm-ups each. Returns the median ms per call
+/// and the wall time of the timed part (so photos/s counts every replica).
+fn time_replicas(
+    labellers: &mut [Labeller],
+    batch: &[Prepared],
+    iterations: usize,
+) -> anyhow::Result<(f64, Duration)> {
+    let start = Barrier::new(labellers.len() + 1);
+    std::thread::scope(|scope| {
+        let threads: Vec<_> = labellers
+            .iter_mut()
+            .map(|labeller| {
+                let start = &start;
+                scope.spawn(move || -> anyhow::Result<Vec<Duration>> {
+                    let warm = (0..3).try_for_each(|_| labeller.label(batch).map(drop));
+                    // Every thread reaches the barrier, failed or not, so
+                    // none waits forever.
+                    start.wait();
+                    warm?;
+                    (0..iterations.max(1))
+                        .map(|_| {
+                            let call = Instant::now();
+                            labeller.label(batch)?;
+                            Ok(call.elapsed())
+                        })
+                        .collect()
+                })
+            })
+            .collect();
+        start.wait();
+        let began = Instant::now();
+        let mut samples = Vec::new();
+        for thread in threads {
+            let timed = thread
+                .join()
+                .map_err(|_| anyhow::anyhow!("a replica's thread panicked"))??;
+            samples.extend(timed);
+        }
+        Ok((median_ms(samples), began.elapsed()))
+    })
 }

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use clap::{Args, ValueEnum};
 use photolabel_taxonomy::{decide, DecisionRules, Label, Output, DEFAULT_SECOND_SCENE_THRESHOLD};
+use photolabel_vision::Embedder;
 use serde::Serialize;
 
 use super::ModelArgs;
@@ -77,7 +78,16 @@ struct Record<'a> {
 }
 
 pub fn run(args: LabelArgs) -> anyhow::Result<std::process::ExitCode> {
-    let mut labeller = args.model.load()?;
+    // The same layout `serve` picks: replicas of the backbone side by side
+    // use a small machine's cores better than one replica on all of them.
+    let replicas = photolabel_vision::default_replicas(photolabel_vision::cores());
+    let mut model = args.model.clone();
+    let config = model.config();
+    model.threads = config.engine.for_replicas(replicas).threads;
+    let mut labeller = model.load()?;
+    let mut others = (1..replicas)
+        .map(|_| Embedder::load(&model.config(), labeller.preprocessing()))
+        .collect::<Result<Vec<_>, _>>()?;
     let rules = DecisionRules {
         second_scene_threshold: args.second_scene_threshold,
     };
@@ -90,7 +100,9 @@ pub fn run(args: LabelArgs) -> anyhow::Result<std::process::ExitCode> {
         .collect();
     let progress = progress_bar(refs.len(), "labelling");
     let embeddings = embed_photos(
-        labeller.embedder_mut(),
+        std::iter::once(labeller.embedder_mut())
+            .chain(others.iter_mut())
+            .collect(),
         &refs,
         &args.model.limits(),
         &mut EmbeddingCache::disabled(),

@@ -17,7 +17,9 @@ pub struct ModelArgs {
     /// its library cannot be loaded), `ort` or `tract`.
     #[arg(long, env = "PHOTOLABEL_ENGINE", default_value = "auto")]
     pub engine: EngineKind,
-    /// Threads for one ONNX Runtime inference (0 = one per core).
+    /// Threads for one ONNX Runtime inference (0 = one per core; `serve` and
+    /// `label` run a model replica per core, up to 4, and give each twice
+    /// its share of the cores).
     #[arg(long, env = "PHOTOLABEL_THREADS", default_value_t = 0)]
     pub threads: usize,
     /// Backbone ONNX file instead of the one built into the binary.

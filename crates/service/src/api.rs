@@ -240,7 +240,7 @@ enum PrepareError {
     Panicked,
 }
 
-/// Decodes and preprocesses on tokio's blocking pool, never on the model
+/// Decodes and preprocesses on tokio's blocking pool, never on a model
 /// thread, so decoding the next photo overlaps labelling this one. A
 /// decoder panic on a hostile file is that file's 400, not a 500.
 async fn prepare_off_thread(
@@ -338,6 +338,7 @@ pub(crate) async fn health(State(state): State<Arc<AppState>>) -> Response {
             openapi::Health {
                 status: "ok".into(),
                 engine: Some(info.engine),
+                replicas: Some(info.replicas),
             },
         ),
         ModelState::Loading => (
@@ -345,6 +346,7 @@ pub(crate) async fn health(State(state): State<Arc<AppState>>) -> Response {
             openapi::Health {
                 status: "loading".into(),
                 engine: None,
+                replicas: None,
             },
         ),
         ModelState::Failed(_) => (
@@ -352,6 +354,7 @@ pub(crate) async fn health(State(state): State<Arc<AppState>>) -> Response {
             openapi::Health {
                 status: "failed".into(),
                 engine: None,
+                replicas: None,
             },
         ),
     };

@@ -74,7 +74,14 @@ pub struct ServeArgs {
     #[arg(long, env = "PHOTOLABEL_QUEUE_CAPACITY", default_value_t = 32)]
     pub queue_capacity: usize,
 
-    /// Most photos the model worker labels in one batch. 1 disables batching.
+    /// Copies of the model labelling in parallel, each on its own thread,
+    /// all fed from the one queue. 0 = auto: one per core on machines of up
+    /// to 4 cores, then 4. With `--threads 0` each replica gets twice its
+    /// share of the cores as ONNX Runtime threads (idle ones sleep).
+    #[arg(long, env = "PHOTOLABEL_REPLICAS", default_value_t = 0)]
+    pub replicas: usize,
+
+    /// Most photos a model replica labels in one batch. 1 disables batching.
     #[arg(long, env = "PHOTOLABEL_MAX_BATCH", default_value_t = 1)]
     pub max_batch: usize,
 
@@ -141,6 +148,14 @@ impl ServeArgs {
             serve: ServeArgs,
         }
         Wrapper::parse_from(["photolabel"]).serve
+    }
+
+    /// `--replicas` with 0 resolved for a machine of `cores` cores.
+    pub fn replicas_for(&self, cores: usize) -> usize {
+        match self.replicas {
+            0 => photolabel_vision::default_replicas(cores),
+            n => n,
+        }
     }
 
     pub fn lockout_config(&self) -> LockoutConfig {
@@ -247,5 +262,19 @@ mod tests {
         assert!(!args.allow_private_urls);
         assert_eq!(args.bad_key_limit, 20);
         assert_eq!(args.bad_key_window, 60);
+    }
+
+    #[test]
+    fn automatic_replicas_follow_the_cores_up_to_four() {
+        let args = ServeArgs::defaults();
+        assert_eq!(
+            [1, 2, 4, 16].map(|cores| args.replicas_for(cores)),
+            [1, 2, 4, 4]
+        );
+        let args = ServeArgs {
+            replicas: 3,
+            ..ServeArgs::defaults()
+        };
+        assert_eq!(args.replicas_for(16), 3);
     }
 }

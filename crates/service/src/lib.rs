@@ -11,7 +11,8 @@
 //! - [`auth`]: `x-api-key`, rate limits, quotas; [`lockout`]: addresses
 //!   that keep sending invalid keys; [`keys`]: key generation and hashing;
 //!   [`store`]: the key database and ledger (SQLite).
-//! - [`worker`]: the thread that owns the model, behind a bounded queue.
+//! - [`worker`]: the threads that own the model replicas, behind one bounded
+//!   queue.
 //! - [`fetch`]: downloading images for `/labelling/url` without SSRF.
 //! - [`limits`]: body size and timeouts; [`server`]: listener and shutdown.
 

@@ -162,6 +162,9 @@ pub struct Health {
     /// The inference engine, once loaded.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub engine: Option<String>,
+    /// Model replicas labelling in parallel, once loaded.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub replicas: Option<usize>,
 }
 
 struct ApiKeyScheme;

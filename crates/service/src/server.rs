@@ -34,33 +34,44 @@ use crate::worker::{spawn_worker, Model, ModelState, WorkerHandle};
 /// Ctrl-C. `limits` (from the model flags' `--max-pixels`) caps uploads.
 pub fn serve_main(
     mut args: ServeArgs,
-    model: ModelConfig,
+    mut model: ModelConfig,
     limits: ImageLimits,
 ) -> anyhow::Result<()> {
     args.max_pixels = limits.max_pixels;
+    let cores = photolabel_vision::cores();
+    let replicas = args.replicas_for(cores);
+    model.engine = model.engine.for_replicas(replicas);
+    tracing::info!(
+        replicas,
+        threads_per_replica = model.engine.threads,
+        cores,
+        "model layout"
+    );
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("photolabel-http")
         .build()
         .context("cannot start the async runtime")?;
     runtime.block_on(run_serve_loading(args, move || {
-        Labeller::load(&model).map_err(|e| e.to_string())
+        (0..replicas)
+            .map(|_| Labeller::load(&model).map_err(|e| e.to_string()))
+            .collect()
     }))
 }
 
 /// Runs `photolabel serve` with a model that is already loaded, until
 /// SIGTERM or Ctrl-C.
 pub async fn run_serve(args: ServeArgs, labeller: Labeller) -> anyhow::Result<()> {
-    run_serve_loading(args, move || Ok(labeller)).await
+    run_serve_loading(args, move || Ok(vec![labeller])).await
 }
 
-/// Runs `photolabel serve`, loading the model on the worker thread while
-/// the server already listens (`/health` answers 503 until it is loaded).
-/// Returns an error if the model fails to load.
+/// Runs `photolabel serve`, loading the model's replicas on the worker
+/// thread while the server already listens (`/health` answers 503 until
+/// they are loaded). Returns an error if the model fails to load.
 pub async fn run_serve_loading<M, F>(args: ServeArgs, load: F) -> anyhow::Result<()>
 where
     M: Model,
-    F: FnOnce() -> Result<M, String> + Send + 'static,
+    F: FnOnce() -> Result<Vec<M>, String> + Send + 'static,
 {
     let server = Server::start(&args, load).await?;
     let listener = TcpListener::bind(args.bind)
@@ -91,6 +102,8 @@ fn validate(args: &ServeArgs) -> anyhow::Result<()> {
         "--queue-capacity must be at least 1"
     );
     anyhow::ensure!(args.max_batch > 0, "--max-batch must be at least 1");
+    // Each replica holds its own copy of the weights and buffers (~50 MB).
+    anyhow::ensure!(args.replicas <= 64, "--replicas must be at most 64");
     anyhow::ensure!(
         args.max_body_bytes > 0,
         "--max-body-bytes must be at least 1"
@@ -114,7 +127,7 @@ impl Server {
     pub async fn start<M, F>(args: &ServeArgs, load: F) -> anyhow::Result<Self>
     where
         M: Model,
-        F: FnOnce() -> Result<M, String> + Send + 'static,
+        F: FnOnce() -> Result<Vec<M>, String> + Send + 'static,
     {
         validate(args)?;
         if args.allow_private_urls {

@@ -1,5 +1,12 @@
-//! The model worker: one OS thread owns the model; handlers reach it through
-//! a bounded queue and get their answer on a oneshot channel.
+//! The model workers: each OS thread owns one replica of the model; handlers
+//! reach them through one bounded queue and get their answer on a oneshot
+//! channel.
+//!
+//! One replica with every core as an intra-op thread is the simplest shape,
+//! but on a small machine two replicas with one thread each label more
+//! photos per second: a single-threaded inference wastes nothing on
+//! synchronising threads, and while one replica waits for its next photo the
+//! other keeps its core busy (BENCHMARKS.md, issue 4).
 //!
 //! A request first *reserves* a slot ([`WorkerHandle::reserve`]) and only then
 //! decodes its photo (on tokio's blocking pool, so decoding overlaps
@@ -8,6 +15,7 @@
 //! no CPU is spent decoding photos that could not be labelled anyway.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use photolabel_taxonomy::StageProbabilities;
@@ -44,6 +52,8 @@ impl Model for Labeller {
 pub struct ModelInfo {
     pub engine: String,
     pub preprocessing: Preprocessing,
+    /// Replicas labelling in parallel, each on its own thread.
+    pub replicas: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -145,9 +155,12 @@ impl WorkerHandle {
     }
 }
 
-/// Starts the worker thread. `load` runs on that thread, so the server can
-/// listen (and say "not ready" on `/health`) while the model loads. The
-/// thread ends when every [`WorkerHandle`] is dropped.
+/// Starts the worker threads. `load` runs on the first of them and returns
+/// the replicas (at least one), so the server can listen (and say "not
+/// ready" on `/health`) while the model loads; every replica then gets its
+/// own thread, all pulling from the one queue. The returned thread ends when
+/// every [`WorkerHandle`] is dropped and the other replicas' threads have
+/// ended.
 pub fn spawn_worker<M, F>(
     load: F,
     capacity: usize,
@@ -155,7 +168,7 @@ pub fn spawn_worker<M, F>(
 ) -> std::io::Result<(WorkerHandle, std::thread::JoinHandle<()>)>
 where
     M: Model,
-    F: FnOnce() -> Result<M, String> + Send + 'static,
+    F: FnOnce() -> Result<Vec<M>, String> + Send + 'static,
 {
     let capacity = capacity.max(1);
     let max_batch = max_batch.max(1);
@@ -171,44 +184,83 @@ where
         .name("photolabel-model".into())
         .spawn(move || {
             let started = Instant::now();
-            let model = match catch_unwind(AssertUnwindSafe(load)) {
-                Ok(Ok(model)) => model,
-                Ok(Err(cause)) => {
-                    tracing::error!(%cause, "model failed to load");
-                    state_tx.send_replace(ModelState::Failed(cause));
-                    return;
-                }
-                Err(_) => {
-                    tracing::error!("model loading panicked");
-                    state_tx.send_replace(ModelState::Failed("model loading panicked".into()));
-                    return;
-                }
+            let failed = |cause: String| {
+                tracing::error!(%cause, "model failed to load");
+                state_tx.send_replace(ModelState::Failed(cause));
             };
+            let mut models = match catch_unwind(AssertUnwindSafe(load)) {
+                Ok(Ok(models)) if !models.is_empty() => models,
+                Ok(Ok(_)) => return failed("no model replica was loaded".into()),
+                Ok(Err(cause)) => return failed(cause),
+                Err(_) => return failed("model loading panicked".into()),
+            };
+            let first = models.remove(0);
             let info = ModelInfo {
-                engine: model.engine_name(),
-                preprocessing: model.preprocessing(),
+                engine: first.engine_name(),
+                preprocessing: first.preprocessing(),
+                replicas: models.len() + 1,
             };
             tracing::info!(
                 engine = %info.engine,
+                replicas = info.replicas,
                 seconds = started.elapsed().as_secs_f64(),
                 "model loaded"
             );
-            state_tx.send_replace(ModelState::Ready(info));
             // Only the depth reporting needs a handle; it must not keep the
             // channel open, so keep a weak sender.
             let weak = depth_handle.sender.downgrade();
             drop(depth_handle);
-            run(model, receiver, max_batch, capacity, weak);
+            // The replicas take turns waiting on the queue: whoever holds the
+            // lock takes the next photo(s), then releases it to infer.
+            let receiver = Arc::new(Mutex::new(receiver));
+            let mut others = Vec::with_capacity(models.len());
+            for (index, model) in models.into_iter().enumerate() {
+                let (receiver, weak) = (receiver.clone(), weak.clone());
+                let spawned = std::thread::Builder::new()
+                    .name(format!("photolabel-model-{}", index + 1))
+                    .spawn(move || run(model, &receiver, max_batch, capacity, &weak));
+                match spawned {
+                    Ok(thread) => others.push(thread),
+                    Err(e) => tracing::error!(error = %e, "cannot start a model replica's thread"),
+                }
+            }
+            state_tx.send_replace(ModelState::Ready(ModelInfo {
+                replicas: others.len() + 1,
+                ..info
+            }));
+            run(first, &receiver, max_batch, capacity, &weak);
+            for thread in others {
+                if thread.join().is_err() {
+                    tracing::error!("a model replica's thread ended abnormally");
+                }
+            }
+            tracing::info!("model worker stopped");
         })?;
     Ok((handle, thread))
 }
 
+/// Takes the next photo and, up to `max_batch`, those already waiting
+/// behind it. `None` once the queue is closed and empty.
+fn next_batch(receiver: &Mutex<mpsc::Receiver<Job>>, max_batch: usize) -> Option<Vec<Job>> {
+    // No code panics while holding the lock, so a poisoned lock is still
+    // consistent.
+    let mut receiver = receiver.lock().unwrap_or_else(|e| e.into_inner());
+    let mut jobs = vec![receiver.blocking_recv()?];
+    while jobs.len() < max_batch {
+        match receiver.try_recv() {
+            Ok(job) => jobs.push(job),
+            Err(_) => break,
+        }
+    }
+    Some(jobs)
+}
+
 fn run<M: Model>(
     mut model: M,
-    mut receiver: mpsc::Receiver<Job>,
+    receiver: &Mutex<mpsc::Receiver<Job>>,
     max_batch: usize,
     capacity: usize,
-    weak: mpsc::WeakSender<Job>,
+    weak: &mpsc::WeakSender<Job>,
 ) {
     let report = |weak: &mpsc::WeakSender<Job>| {
         if let Some(sender) = weak.upgrade() {
@@ -216,15 +268,8 @@ fn run<M: Model>(
             metrics::gauge!("photolabel_queue_depth").set(depth as f64);
         }
     };
-    while let Some(first) = receiver.blocking_recv() {
-        let mut jobs = vec![first];
-        while jobs.len() < max_batch {
-            match receiver.try_recv() {
-                Ok(job) => jobs.push(job),
-                Err(_) => break,
-            }
-        }
-        report(&weak);
+    while let Some(mut jobs) = next_batch(receiver, max_batch) {
+        report(weak);
         // A client that went away needs no answer.
         jobs.retain(|job| !job.reply.is_closed());
         if jobs.is_empty() {
@@ -267,5 +312,4 @@ fn run<M: Model>(
             }
         }
     }
-    tracing::info!("model worker stopped");
 }

@@ -370,7 +370,7 @@ async fn listen(edit: impl FnOnce(&mut ServeArgs)) -> Listening {
     args.store.data_dir = dir.path().to_path_buf();
     args.shutdown_grace = 1;
     edit(&mut args);
-    let server = Server::start(&args, || Ok(FixedModel(indoor_probabilities())))
+    let server = Server::start(&args, || Ok(vec![FixedModel(indoor_probabilities())]))
         .await
         .expect("start");
     server.state().worker.wait_loaded().await;

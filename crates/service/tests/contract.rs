@@ -2,6 +2,8 @@
 //! each asserting the exact status and body, against the in-process router
 //! with a stand-in model (the real model's labels are in `model.rs`).
 
+use std::time::Duration;
+
 mod common;
 
 use axum::body::Body;
@@ -571,6 +573,39 @@ async fn full_queue_is_503_at_once() {
     assert_eq!(b.await.expect("B").0, StatusCode::OK);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_label_two_photos_at_once() {
+    let (first, mut first_gate) = gate_model(indoor_probabilities());
+    let (second, mut second_gate) = gate_model(indoor_probabilities());
+    let app = AppBuilder::new().build_replicas(vec![first, second]).await;
+    let key = app.create_key("acme", None, None).await;
+
+    let a = tokio::spawn(app.send_owned(upload(Some(&key), &fixture("kitchen.jpg"))));
+    let b = tokio::spawn(app.send_owned(upload(Some(&key), &fixture("kitchen.jpg"))));
+    // Each replica holds its photo until released, so both photos reach a
+    // model only if the replicas run side by side. The time limit only turns
+    // a hang into a failure.
+    for gate in [&mut first_gate, &mut second_gate] {
+        tokio::time::timeout(Duration::from_secs(60), gate.entered.recv())
+            .await
+            .expect("both replicas took a photo while neither had finished")
+            .expect("gate open");
+    }
+    first_gate.release.send(()).expect("release the first");
+    second_gate.release.send(()).expect("release the second");
+    assert_eq!(a.await.expect("A").0, StatusCode::OK);
+    assert_eq!(b.await.expect("B").0, StatusCode::OK);
+
+    let (status, body) = app.send(get("/health", None)).await;
+    assert_eq!(
+        (status, body.as_str()),
+        (
+            StatusCode::OK,
+            r#"{"status":"ok","engine":"gate","replicas":2}"#
+        )
+    );
+}
+
 #[tokio::test]
 async fn model_still_loading_is_503_and_health_says_so() {
     let (release, wait) = std::sync::mpsc::channel::<()>();
@@ -601,7 +636,10 @@ async fn model_still_loading_is_503_and_health_says_so() {
     let (status, body) = app.send(get("/health", None)).await;
     assert_eq!(
         (status, body.as_str()),
-        (StatusCode::OK, r#"{"status":"ok","engine":"fixed"}"#)
+        (
+            StatusCode::OK,
+            r#"{"status":"ok","engine":"fixed","replicas":1}"#
+        )
     );
 }
 

@@ -13,7 +13,7 @@ async fn shutdown_finishes_in_flight_requests() {
     let mut args = ServeArgs::defaults();
     args.store.data_dir = dir.path().to_path_buf();
     let (model, mut gate) = gate_model(indoor_probabilities());
-    let server = Server::start(&args, move || Ok(model))
+    let server = Server::start(&args, move || Ok(vec![model]))
         .await
         .expect("start");
     server.state().worker.wait_loaded().await;

@@ -88,6 +88,35 @@ pub struct EngineConfig {
     pub onnxruntime: Option<PathBuf>,
 }
 
+impl EngineConfig {
+    /// The configuration for one of `replicas` copies of the model running
+    /// side by side: unless the threads were set explicitly, each gets
+    /// twice its share of the cores (at most all of them). Idle ONNX Runtime
+    /// threads sleep rather than spin, so a lone photo gets more than one
+    /// replica's share while under load the replicas split the cores.
+    pub fn for_replicas(&self, replicas: usize) -> Self {
+        let mut config = self.clone();
+        if config.threads == 0 {
+            let cores = cores();
+            config.threads = (2 * cores / replicas.max(1)).clamp(1, cores);
+        }
+        config
+    }
+}
+
+/// How many replicas of the model to run side by side on `cores` cores
+/// unless told otherwise: one per core, at most 4. Two single-photo
+/// inferences in parallel use two cores better than one inference split
+/// over both (BENCHMARKS.md); beyond 4, each replica's own threads do.
+pub fn default_replicas(cores: usize) -> usize {
+    cores.clamp(1, 4)
+}
+
+/// The cores this process may use (1 if that cannot be known).
+pub fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
 /// The model bytes and their identity.
 #[derive(Debug, Clone)]
 pub struct BackboneModel {
@@ -207,7 +236,7 @@ impl OrtBackbone {
         let environment = onnxruntime_environment(config.onnxruntime.as_deref())?;
         let load = |e: ort::Error| EngineError::Load(e.to_string());
         let threads = if config.threads == 0 {
-            std::thread::available_parallelism().map_or(1, |n| n.get())
+            cores()
         } else {
             config.threads
         };

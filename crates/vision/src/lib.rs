@@ -15,8 +15,8 @@ pub mod labeller;
 pub mod train;
 
 pub use backbone::{
-    Backbone, BackboneModel, BackboneOutput, EngineConfig, EngineError, EngineKind, EMBEDDING_DIM,
-    INPUT_SIZE,
+    cores, default_replicas, Backbone, BackboneModel, BackboneOutput, EngineConfig, EngineError,
+    EngineKind, EMBEDDING_DIM, INPUT_SIZE,
 };
 pub use heads::{Heads, HeadsError};
 pub use image::{prepare, ImageError, ImageLimits, Prepared, Preprocessing, View};

@@ -167,6 +167,16 @@ impl AppBuilder {
         M: Model,
         F: FnOnce() -> Result<M, String> + Send + 'static,
     {
+        self.build_loading_replicas(move || load().map(|model| vec![model]))
+            .await
+    }
+
+    /// Builds with the model replicas `load` returns on the worker thread.
+    pub async fn build_loading_replicas<M, F>(self, load: F) -> TestApp
+    where
+        M: Model,
+        F: FnOnce() -> Result<Vec<M>, String> + Send + 'static,
+    {
         let dir = tempfile::tempdir().expect("temp dir");
         let mut args = self.args;
         args.store.data_dir = dir.path().to_path_buf();
@@ -190,6 +200,13 @@ impl AppBuilder {
             args,
             dir,
         }
+    }
+
+    /// Builds with these replicas of a model, waiting until they are loaded.
+    pub async fn build_replicas<M: Model>(self, models: Vec<M>) -> TestApp {
+        let app = self.build_loading_replicas(move || Ok(models)).await;
+        app.state.worker.wait_loaded().await;
+        app
     }
 
     /// Builds with `model`, waiting until the worker reports it loaded.
