@@ -102,7 +102,7 @@ fn validate(args: &ServeArgs) -> anyhow::Result<()> {
         "--queue-capacity must be at least 1"
     );
     anyhow::ensure!(args.max_batch > 0, "--max-batch must be at least 1");
-    // Each replica holds its own copy of the weights and buffers (~50 MB).
+    // Each replica holds its own copy of the weights and working buffers.
     anyhow::ensure!(args.replicas <= 64, "--replicas must be at most 64");
     anyhow::ensure!(
         args.max_body_bytes > 0,
