@@ -30,7 +30,7 @@ pub struct BenchArgs {
     #[arg(long, value_delimiter = ',', value_parser = clap::value_parser!(u16).range(1..=256))]
     pub batch_sizes: Vec<u16>,
     /// Model replicas inferring side by side in the batch table (e.g. `1,2`),
-    /// the cores shared out among them as `serve --replicas` does.
+    /// with the threads `serve --replicas` gives each.
     #[arg(long, value_delimiter = ',', default_value = "1", value_parser = clap::value_parser!(u16).range(1..=64))]
     pub replicas: Vec<u16>,
     #[command(flatten)]
@@ -92,13 +92,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
                 let mut model = args.model.clone();
                 model.engine = *engine;
                 let config = model.config();
-                let config = photolabel_vision::ModelConfig {
-                    engine: config.engine.for_replicas(replicas.into()),
-                    ..config
-                };
-                let mut labellers = (0..replicas)
-                    .map(|_| Labeller::load(&config))
-                    .collect::<Result<Vec<_>, _>>()?;
+                let mut labellers = Labeller::load_replicas(&config, replicas.into())?;
                 let prepared = prepare(&bytes, &model.limits(), &labellers[0].preprocessing())?;
                 for &size in &args.batch_sizes {
                     let batch = vec![prepared.clone(); size.into()];
@@ -108,7 +102,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
                     batch_rows.push(format!(
                         "| {} | {replicas}×{} | {size} | {ms:.1} | {per_photo:.1} | {:.1} |",
                         labellers[0].engine_name(),
-                        config.engine.threads,
+                        config.engine.for_replicas(replicas.into()).threads,
                         1000.0 / per_photo
                     ));
                 }

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use clap::{Args, ValueEnum};
 use photolabel_taxonomy::{decide, DecisionRules, Label, Output, DEFAULT_SECOND_SCENE_THRESHOLD};
-use photolabel_vision::Embedder;
+use photolabel_vision::Labeller;
 use serde::Serialize;
 
 use super::ModelArgs;
@@ -81,13 +81,13 @@ pub fn run(args: LabelArgs) -> anyhow::Result<std::process::ExitCode> {
     // The same layout `serve` picks: replicas of the backbone side by side
     // use a small machine's cores better than one replica on all of them.
     let replicas = photolabel_vision::default_replicas(photolabel_vision::cores());
-    let mut model = args.model.clone();
-    let config = model.config();
-    model.threads = config.engine.for_replicas(replicas).threads;
-    let mut labeller = model.load()?;
-    let mut others = (1..replicas)
-        .map(|_| Embedder::load(&model.config(), labeller.preprocessing()))
-        .collect::<Result<Vec<_>, _>>()?;
+    let mut labellers = Labeller::load_replicas(&args.model.config(), replicas)?;
+    tracing::info!(
+        engine = labellers[0].engine_name(),
+        backbone = &labellers[0].backbone_sha256()[..16],
+        replicas,
+        "model loaded"
+    );
     let rules = DecisionRules {
         second_scene_threshold: args.second_scene_threshold,
     };
@@ -100,9 +100,7 @@ pub fn run(args: LabelArgs) -> anyhow::Result<std::process::ExitCode> {
         .collect();
     let progress = progress_bar(refs.len(), "labelling");
     let embeddings = embed_photos(
-        std::iter::once(labeller.embedder_mut())
-            .chain(others.iter_mut())
-            .collect(),
+        labellers.iter_mut().map(Labeller::embedder_mut).collect(),
         &refs,
         &args.model.limits(),
         &mut EmbeddingCache::disabled(),
@@ -115,7 +113,7 @@ pub fn run(args: LabelArgs) -> anyhow::Result<std::process::ExitCode> {
         .map(|e| {
             e.map(|embedding| {
                 decide(
-                    &labeller
+                    &labellers[0]
                         .heads()
                         .stage_probabilities(embedding.mean().view()),
                     &rules,

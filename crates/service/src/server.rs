@@ -34,16 +34,15 @@ use crate::worker::{spawn_worker, Model, ModelState, WorkerHandle};
 /// Ctrl-C. `limits` (from the model flags' `--max-pixels`) caps uploads.
 pub fn serve_main(
     mut args: ServeArgs,
-    mut model: ModelConfig,
+    model: ModelConfig,
     limits: ImageLimits,
 ) -> anyhow::Result<()> {
     args.max_pixels = limits.max_pixels;
     let cores = photolabel_vision::cores();
     let replicas = args.replicas_for(cores);
-    model.engine = model.engine.for_replicas(replicas);
     tracing::info!(
         replicas,
-        threads_per_replica = model.engine.threads,
+        threads_per_replica = model.engine.for_replicas(replicas).threads,
         cores,
         "model layout"
     );
@@ -53,9 +52,7 @@ pub fn serve_main(
         .build()
         .context("cannot start the async runtime")?;
     runtime.block_on(run_serve_loading(args, move || {
-        (0..replicas)
-            .map(|_| Labeller::load(&model).map_err(|e| e.to_string()))
-            .collect()
+        Labeller::load_replicas(&model, replicas).map_err(|e| e.to_string())
     }))
 }
 

@@ -140,14 +140,35 @@ pub struct Labeller {
 impl Labeller {
     /// Loads the backbone and heads, refusing heads made for another backbone.
     pub fn load(config: &ModelConfig) -> Result<Self, LabellerError> {
+        let mut labellers = Self::load_replicas(config, 1)?;
+        Ok(labellers.remove(0))
+    }
+
+    /// Loads `replicas` (at least one) independent copies to run side by
+    /// side, each with [`EngineConfig::for_replicas`]'s threads. The model
+    /// file and heads are read and checked once.
+    pub fn load_replicas(
+        config: &ModelConfig,
+        replicas: usize,
+    ) -> Result<Vec<Self>, LabellerError> {
         let model = load_model(config)?;
         let heads = match &config.heads {
             Some(path) => Heads::from_file(path)?,
             None => Heads::embedded()?,
         };
         heads.check_backbone(&model.sha256)?;
-        let embedder = Embedder::new(&model, config, heads.preprocessing)?;
-        Ok(Self { embedder, heads })
+        let config = ModelConfig {
+            engine: config.engine.for_replicas(replicas),
+            ..config.clone()
+        };
+        (0..replicas.max(1))
+            .map(|_| {
+                Ok(Self {
+                    embedder: Embedder::new(&model, &config, heads.preprocessing)?,
+                    heads: heads.clone(),
+                })
+            })
+            .collect()
     }
 
     /// The preprocessing the heads were trained with; `prepare` must use it.
