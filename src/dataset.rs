@@ -17,6 +17,8 @@ pub struct LabelledPhoto {
     pub subclass: Option<RoomSubclass>,
     pub scene: Option<SceneClass>,
     pub source: String,
+    /// The source's own label (`vn_listings_dev`: `label|photo-or-render|sure-or-unsure`).
+    pub source_label: String,
 }
 
 impl LabelledPhoto {
@@ -51,7 +53,7 @@ fn optional<C: TaxonomyClass>(value: Option<&str>) -> anyhow::Result<Option<C>> 
 }
 
 /// Reads a labels CSV (columns `path,image_class` required;
-/// `room_class,room_subclass,scene_class,source,split` optional). Paths are
+/// `room_class,room_subclass,scene_class,source,source_label,split` optional). Paths are
 /// relative to the CSV's folder. With `split`, only rows of that split are
 /// kept (a CSV without a `split` column then keeps nothing — an error).
 pub fn read_labels(csv_path: &Path, split: Option<&str>) -> anyhow::Result<Vec<LabelledPhoto>> {
@@ -72,6 +74,7 @@ pub fn read_labels(csv_path: &Path, split: Option<&str>) -> anyhow::Result<Vec<L
         column("scene_class"),
     );
     let (source_col, split_col) = (column("source"), column("split"));
+    let source_label_col = column("source_label");
     if split.is_some() && split_col.is_none() {
         bail!(
             "{} has no `split` column, so --split cannot select rows",
@@ -99,6 +102,7 @@ pub fn read_labels(csv_path: &Path, split: Option<&str>) -> anyhow::Result<Vec<L
                 subclass: optional(get(sub_col))?,
                 scene: optional(get(scene_col))?,
                 source: get(source_col).unwrap_or("").to_owned(),
+                source_label: get(source_label_col).unwrap_or("").to_owned(),
                 key,
             })
         };

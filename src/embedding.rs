@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};
 use ndarray::{Array1, Array2, Axis};
+use photolabel_vision::augment::augment;
 use photolabel_vision::{prepare, Embedder, ImageLimits, Prepared, Preprocessing, EMBEDDING_DIM};
 
 /// Photos decoded ahead of the backbone, per model replica. Photos go
@@ -28,10 +29,21 @@ pub const MAX_FILE_BYTES: u64 = 64 * 1024 * 1024;
 pub struct PhotoRef<'a> {
     pub path: &'a Path,
     pub key: &'a str,
+    pub variant: Variant,
+}
+
+/// What to embed of a photo file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Variant {
+    /// The photo itself, with the preprocessing's views.
+    Photo,
+    /// An augmented copy made with this seed (`photolabel_vision::augment`):
+    /// one view, never mirrored again (the augmentation mirrors at random).
+    Augmented(u64),
 }
 
 /// A photo's embeddings, one row per view (the photo, its mirror image…).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct PhotoEmbedding {
     pub views: Array2<f32>,
 }
@@ -52,7 +64,7 @@ pub type EmbeddingResult = Result<PhotoEmbedding, String>;
 /// backbone and preprocessing that produced them, so a changed model never
 /// reads stale vectors. Every view is kept, so training can use them apart.
 pub struct EmbeddingCache {
-    entries: HashMap<String, Array2<f32>>,
+    entries: HashMap<String, PhotoEmbedding>,
     writer: Option<BufWriter<File>>,
 }
 
@@ -92,13 +104,14 @@ impl EmbeddingCache {
 
     fn cache_key(photo: &PhotoRef<'_>) -> Option<String> {
         let len = std::fs::metadata(photo.path).ok()?.len();
-        Some(format!("{}\u{0}{len}", photo.key))
+        Some(match photo.variant {
+            Variant::Photo => format!("{}\u{0}{len}", photo.key),
+            Variant::Augmented(seed) => format!("{}\u{0}{len}\u{0}augment {seed}", photo.key),
+        })
     }
 
     fn get(&self, key: &str) -> Option<PhotoEmbedding> {
-        self.entries.get(key).map(|views| PhotoEmbedding {
-            views: views.clone(),
-        })
+        self.entries.get(key).cloned()
     }
 
     /// Appends a record: key length, key, view count, then the views' floats.
@@ -111,7 +124,7 @@ impl EmbeddingCache {
             for v in &embedding.views {
                 writer.write_all(&v.to_le_bytes())?;
             }
-            self.entries.insert(key, embedding.views.clone());
+            self.entries.insert(key, embedding.clone());
         }
         Ok(())
     }
@@ -123,7 +136,7 @@ impl EmbeddingCache {
 
 /// Reads records until the first incomplete one (a run cut short leaves a
 /// partial record at the end; everything before it is still good).
-fn read_entries(mut reader: impl Read, entries: &mut HashMap<String, Array2<f32>>) {
+fn read_entries(mut reader: impl Read, entries: &mut HashMap<String, PhotoEmbedding>) {
     fn read_u32(reader: &mut impl Read) -> Option<usize> {
         let mut bytes = [0u8; 4];
         reader
@@ -157,15 +170,17 @@ fn read_entries(mut reader: impl Read, entries: &mut HashMap<String, Array2<f32>
         let Ok(views) = Array2::from_shape_vec((views, EMBEDDING_DIM), values) else {
             return;
         };
-        entries.insert(key, views);
+        entries.insert(key, PhotoEmbedding { views });
     }
 }
 
-/// Reads and prepares one photo file, with the command line's size cap.
+/// Reads and prepares one photo file (or its augmented copy), with the
+/// command line's size cap.
 pub fn prepare_file(
     path: &Path,
     limits: &ImageLimits,
     preprocessing: &Preprocessing,
+    variant: Variant,
 ) -> Result<Prepared, String> {
     let metadata = std::fs::metadata(path).map_err(|e| e.to_string())?;
     if !metadata.is_file() {
@@ -175,7 +190,17 @@ pub fn prepare_file(
         return Err(format!("file is larger than {MAX_FILE_BYTES} bytes"));
     }
     let bytes = std::fs::read(path).map_err(|e| e.to_string())?;
-    prepare(&bytes, limits, preprocessing).map_err(|e| e.to_string())
+    match variant {
+        Variant::Photo => prepare(&bytes, limits, preprocessing),
+        Variant::Augmented(seed) => augment(&bytes, seed, limits).and_then(|copy| {
+            let one_view = Preprocessing {
+                flip: false,
+                ..*preprocessing
+            };
+            prepare(&copy, limits, &one_view)
+        }),
+    }
+    .map_err(|e| e.to_string())
 }
 
 /// A progress bar on stderr; indicatif hides it when stderr is not a terminal.
@@ -203,7 +228,7 @@ pub fn embed_photos(
         anyhow::bail!("no model to embed the photos with");
     };
     let mut results: Vec<Option<EmbeddingResult>> = vec![None; photos.len()];
-    let mut todo: Vec<(usize, PathBuf, Option<String>)> = Vec::new();
+    let mut todo: Vec<(usize, PathBuf, Variant, Option<String>)> = Vec::new();
     for (i, photo) in photos.iter().enumerate() {
         let key = EmbeddingCache::cache_key(photo);
         match key.as_deref().and_then(|k| cache.get(k)) {
@@ -211,24 +236,24 @@ pub fn embed_photos(
                 results[i] = Some(Ok(embedding));
                 progress.inc(1);
             }
-            None => todo.push((i, photo.path.to_path_buf(), key)),
+            None => todo.push((i, photo.path.to_path_buf(), photo.variant, key)),
         }
     }
     let decoders = photolabel_vision::cores();
     let ahead = AHEAD * embedders.len();
-    let (job_tx, job_rx) = crossbeam_channel::bounded::<(usize, PathBuf)>(ahead);
+    let (job_tx, job_rx) = crossbeam_channel::bounded::<(usize, PathBuf, Variant)>(ahead);
     let (done_tx, done_rx) = crossbeam_channel::bounded::<(usize, Result<Prepared, String>)>(ahead);
     let (embedded_tx, embedded_rx) = crossbeam_channel::bounded::<(usize, EmbeddingResult)>(ahead);
     let keys: HashMap<usize, Option<String>> =
-        todo.iter().map(|(i, _, k)| (*i, k.clone())).collect();
+        todo.iter().map(|(i, _, _, k)| (*i, k.clone())).collect();
     std::thread::scope(|scope| -> anyhow::Result<()> {
         for _ in 0..decoders {
             let job_rx = job_rx.clone();
             let done_tx = done_tx.clone();
             scope.spawn(move || {
-                for (i, path) in job_rx {
+                for (i, path, variant) in job_rx {
                     if done_tx
-                        .send((i, prepare_file(&path, limits, &preprocessing)))
+                        .send((i, prepare_file(&path, limits, &preprocessing, variant)))
                         .is_err()
                     {
                         return;
@@ -238,8 +263,8 @@ pub fn embed_photos(
         }
         drop(done_tx);
         let feeder = scope.spawn(move || {
-            for (i, path, _) in todo {
-                if job_tx.send((i, path)).is_err() {
+            for (i, path, variant, _) in todo {
+                if job_tx.send((i, path, variant)).is_err() {
                     return;
                 }
             }
@@ -293,9 +318,12 @@ pub fn embed_photos(
 
 /// Embeds labelled photos (`train`, `eval`), through the cache in
 /// `cache_dir` when one is given, with a progress bar named `what`.
+///
+/// `variants[i]` says what to embed of `photos[i]`; a photo may be listed
+/// several times with different variants.
 pub fn embed_labelled(
     embedder: &mut Embedder,
-    photos: &[crate::dataset::LabelledPhoto],
+    photos: &[(&crate::dataset::LabelledPhoto, Variant)],
     limits: &ImageLimits,
     cache_dir: Option<&Path>,
     what: &str,
@@ -306,15 +334,24 @@ pub fn embed_labelled(
     };
     let refs: Vec<PhotoRef<'_>> = photos
         .iter()
-        .map(|p| PhotoRef {
+        .map(|(p, variant)| PhotoRef {
             path: &p.path,
             key: &p.key,
+            variant: *variant,
         })
         .collect();
     let progress = progress_bar(refs.len(), what);
     let results = embed_photos(vec![embedder], &refs, limits, &mut cache, &progress)?;
     progress.finish_and_clear();
     Ok(results)
+}
+
+/// The seed of augmented copy `copy` of the photo with this key, so that a
+/// copy is the same in every run.
+pub fn augment_seed(key: &str, copy: usize) -> u64 {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::digest(format!("{key}\u{0}{copy}").as_bytes());
+    u64::from_le_bytes(digest[..8].try_into().expect("a sha256 has 32 bytes"))
 }
 
 #[cfg(test)]
@@ -354,12 +391,9 @@ mod tests {
         let mut entries = HashMap::new();
         read_entries(BufReader::new(File::open(&path).unwrap()), &mut entries);
         assert_eq!(entries.len(), 2);
-        assert_eq!(entries["a\u{0}10"], embedding(2, 0.0).views);
-        assert_eq!(entries["b\u{0}20"], embedding(1, 5.0).views);
-        let mean = PhotoEmbedding {
-            views: entries["a\u{0}10"].clone(),
-        }
-        .mean();
+        assert_eq!(entries["a\u{0}10"], embedding(2, 0.0));
+        assert_eq!(entries["b\u{0}20"], embedding(1, 5.0));
+        let mean = entries["a\u{0}10"].mean();
         assert!((mean[0] - 0.5).abs() < 1e-6);
     }
 }

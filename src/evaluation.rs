@@ -33,6 +33,14 @@ pub struct LevelReport {
     pub confusion: BTreeMap<String, BTreeMap<String, usize>>,
 }
 
+/// Accuracy and calibration of one level over a group of rows.
+#[derive(Debug, Serialize)]
+pub struct LevelSummary {
+    pub count: usize,
+    pub accuracy: f64,
+    pub ece: f64,
+}
+
 impl LevelTally {
     pub fn add(&mut self, truth: &str, prediction: &str, confidence: f64) {
         self.pairs
@@ -42,6 +50,15 @@ impl LevelTally {
     /// (correct?, confidence) of every prediction, for pooled calibration.
     pub fn outcomes(&self) -> impl Iterator<Item = (bool, f64)> + '_ {
         self.pairs.iter().map(|(t, p, c)| (t == p, *c))
+    }
+
+    pub fn summary(&self) -> LevelSummary {
+        let correct = self.pairs.iter().filter(|(t, p, _)| t == p).count();
+        LevelSummary {
+            count: self.pairs.len(),
+            accuracy: ratio(correct, self.pairs.len()),
+            ece: expected_calibration_error(self.outcomes()),
+        }
     }
 
     pub fn report(&self) -> LevelReport {

@@ -4,21 +4,25 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use clap::Args;
-use photolabel_taxonomy::{decide, DecisionRules, ImageClass, TaxonomyClass};
+use photolabel_taxonomy::{
+    decide, DecisionRules, ImageClass, Label, LabelDetail, RoomClass, StageProbabilities,
+    TaxonomyClass,
+};
 use serde::Serialize;
 
 use super::ModelArgs;
-use crate::dataset::read_labels;
-use crate::embedding::embed_labelled;
-use crate::evaluation::{expected_calibration_error, LevelReport, LevelTally};
+use crate::dataset::{read_labels, LabelledPhoto};
+use crate::embedding::{embed_labelled, Variant};
+use crate::evaluation::{expected_calibration_error, LevelReport, LevelSummary, LevelTally};
 
 /// Measure accuracy, macro-F1, per-class precision/recall, confusion
-/// matrices and calibration on a labels CSV.
+/// matrices and calibration on a labels CSV, overall and per data source.
 ///
 /// A row counts only at the levels it is labelled for: the room over rows
-/// labelled indoor with a room, the scene over rows labelled outdoor with a
-/// scene (both scored on the head's own choice, given the true image
-/// class), the leaf (room, subclass, scene or `other`) end to end.
+/// labelled indoor with a room, the subclass over rows labelled
+/// `other_room` with a subclass, the scene over rows labelled outdoor with
+/// a scene (each scored on the head's own choice, given the true class
+/// above it), the leaf (room, subclass, scene or `other`) end to end.
 #[derive(Debug, Args)]
 pub struct EvalArgs {
     /// Labels CSV in the format of shared/data/labels.csv.
@@ -26,6 +30,10 @@ pub struct EvalArgs {
     /// Only rows of this split.
     #[arg(long)]
     pub split: Option<String>,
+    /// Only rows of these sources (the CSV's `source` column; repeat the
+    /// flag or separate names with commas).
+    #[arg(long, value_delimiter = ',')]
+    pub source: Vec<String>,
     /// One JSON object on stdout instead of tables.
     #[arg(long)]
     pub json: bool,
@@ -44,23 +52,34 @@ pub struct EvalReport {
     pub failed: usize,
     pub image_class: LevelReport,
     pub room: LevelReport,
+    pub subclass: LevelReport,
     pub scene: LevelReport,
     pub leaf: LevelReport,
     /// Expected calibration error of every stage decision pooled (image
-    /// class on all rows, room and scene on their rows).
+    /// class on all rows, room, subclass and scene on their rows).
     pub ece: f64,
-    /// Leaf accuracy per data source.
-    pub leaf_accuracy_by_source: BTreeMap<String, SourceScore>,
+    /// Every level's accuracy and ECE per data source.
+    pub by_source: BTreeMap<String, GroupReport>,
+    /// The same for rows whose `source_label` says whether the picture is a
+    /// `photo` or a `render` (`label|photo-or-render|sure-or-unsure`).
+    pub by_kind: BTreeMap<String, GroupReport>,
     /// Outdoor photos given a second scene, and how often the truth was the first or second.
     pub second_scene: SecondSceneReport,
     pub engine: String,
     pub backbone_sha256: String,
 }
 
+/// Accuracy and ECE of every level over one group of rows.
 #[derive(Debug, Serialize)]
-pub struct SourceScore {
+pub struct GroupReport {
     pub count: usize,
-    pub accuracy: f64,
+    pub image_class: LevelSummary,
+    pub room: LevelSummary,
+    pub subclass: LevelSummary,
+    pub scene: LevelSummary,
+    pub leaf: LevelSummary,
+    /// Pooled stage ECE over the group's rows.
+    pub ece: f64,
 }
 
 #[derive(Debug, Serialize, Default)]
@@ -70,23 +89,103 @@ pub struct SecondSceneReport {
     pub first_or_second_correct: f64,
 }
 
+/// The tallies of every level over a set of rows.
+#[derive(Debug, Default)]
+struct Tallies {
+    count: usize,
+    image: LevelTally,
+    room: LevelTally,
+    subclass: LevelTally,
+    scene: LevelTally,
+    leaf: LevelTally,
+}
+
+impl Tallies {
+    fn add(&mut self, photo: &LabelledPhoto, p: &StageProbabilities, label: &Label) {
+        self.count += 1;
+        let (predicted, confidence) = p.image.top();
+        self.image
+            .add(photo.image_class.name(), predicted.name(), confidence);
+        if let (ImageClass::Indoor, Some(truth)) = (photo.image_class, photo.room) {
+            let (predicted, confidence) = p.room.top();
+            self.room.add(truth.name(), predicted.name(), confidence);
+            if let (RoomClass::OtherRoom, Some(truth)) = (truth, photo.subclass) {
+                let (predicted, confidence) = p.subclass.top();
+                self.subclass
+                    .add(truth.name(), predicted.name(), confidence);
+            }
+        }
+        if let (ImageClass::Outdoor, Some(truth)) = (photo.image_class, photo.scene) {
+            let (predicted, confidence) = p.scene.top();
+            self.scene.add(truth.name(), predicted.name(), confidence);
+        }
+        if let Some(truth) = photo.leaf() {
+            // End-to-end confidence: the product of the stages' confidences.
+            self.leaf
+                .add(truth, label.leaf(), end_to_end_confidence(label));
+        }
+    }
+
+    /// Pooled ECE of the stage decisions.
+    fn ece(&self) -> f64 {
+        expected_calibration_error(
+            self.image
+                .outcomes()
+                .chain(self.room.outcomes())
+                .chain(self.subclass.outcomes())
+                .chain(self.scene.outcomes()),
+        )
+    }
+
+    fn summary(&self) -> GroupReport {
+        GroupReport {
+            count: self.count,
+            image_class: self.image.summary(),
+            room: self.room.summary(),
+            subclass: self.subclass.summary(),
+            scene: self.scene.summary(),
+            leaf: self.leaf.summary(),
+            ece: self.ece(),
+        }
+    }
+}
+
+/// `photo` or `render` from a `label|photo-or-render|sure` source label.
+fn picture_kind(source_label: &str) -> Option<&str> {
+    let mut parts = source_label.split('|');
+    let kind = parts.nth(1)?;
+    matches!(kind, "photo" | "render").then_some(kind)
+}
+
 pub fn run(args: EvalArgs) -> anyhow::Result<()> {
-    let photos = read_labels(&args.labels, args.split.as_deref())?;
+    let mut photos = read_labels(&args.labels, args.split.as_deref())?;
+    if !args.source.is_empty() {
+        photos.retain(|p| args.source.contains(&p.source));
+    }
+    if photos.is_empty() {
+        anyhow::bail!(
+            "{} has no rows for split {:?} and sources {:?}",
+            args.labels.display(),
+            args.split.as_deref().unwrap_or("(any)"),
+            args.source
+        );
+    }
     let mut labeller = args.model.load()?;
     let embeddings = embed_labelled(
         labeller.embedder_mut(),
-        &photos,
+        &photos
+            .iter()
+            .map(|p| (p, Variant::Photo))
+            .collect::<Vec<_>>(),
         &args.model.limits(),
         args.cache.as_deref(),
         "evaluating",
     )?;
 
     let rules = DecisionRules::default();
-    let mut image = LevelTally::default();
-    let mut room = LevelTally::default();
-    let mut scene = LevelTally::default();
-    let mut leaf = LevelTally::default();
-    let mut by_source: BTreeMap<String, (usize, usize)> = BTreeMap::new();
+    let mut all = Tallies::default();
+    let mut by_source: BTreeMap<String, Tallies> = BTreeMap::new();
+    let mut by_kind: BTreeMap<String, Tallies> = BTreeMap::new();
     let mut second = SecondSceneReport::default();
     let mut second_hits = 0usize;
     let mut failed = 0usize;
@@ -98,28 +197,21 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
         let p = labeller
             .heads()
             .stage_probabilities(embedding.mean().view());
-        let (predicted, confidence) = p.image.top();
-        image.add(photo.image_class.name(), predicted.name(), confidence);
-        if let (ImageClass::Indoor, Some(truth)) = (photo.image_class, photo.room) {
-            let (predicted, confidence) = p.room.top();
-            room.add(truth.name(), predicted.name(), confidence);
-        }
-        if let (ImageClass::Outdoor, Some(truth)) = (photo.image_class, photo.scene) {
-            let (predicted, confidence) = p.scene.top();
-            scene.add(truth.name(), predicted.name(), confidence);
-        }
         let label = decide(&p, &rules);
-        if let Some(truth) = photo.leaf() {
-            // End-to-end confidence: the product of the stages' confidences.
-            let confidence = end_to_end_confidence(&label);
-            leaf.add(truth, label.leaf(), confidence);
-            let entry = by_source.entry(photo.source.clone()).or_default();
-            entry.0 += 1;
-            entry.1 += usize::from(truth == label.leaf());
+        all.add(photo, &p, &label);
+        by_source
+            .entry(photo.source.clone())
+            .or_default()
+            .add(photo, &p, &label);
+        if let Some(kind) = picture_kind(&photo.source_label) {
+            by_kind
+                .entry(kind.to_owned())
+                .or_default()
+                .add(photo, &p, &label);
         }
         if let (
             Some(truth),
-            photolabel_taxonomy::LabelDetail::Outdoor {
+            LabelDetail::Outdoor {
                 scene,
                 second_scene,
             },
@@ -137,31 +229,22 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
     } else {
         0.0
     };
-    let ece = expected_calibration_error(
-        image
-            .outcomes()
-            .chain(room.outcomes())
-            .chain(scene.outcomes()),
-    );
     let report = EvalReport {
         count: photos.len() - failed,
         failed,
-        image_class: image.report(),
-        room: room.report(),
-        scene: scene.report(),
-        leaf: leaf.report(),
-        ece,
-        leaf_accuracy_by_source: by_source
+        image_class: all.image.report(),
+        room: all.room.report(),
+        subclass: all.subclass.report(),
+        scene: all.scene.report(),
+        leaf: all.leaf.report(),
+        ece: all.ece(),
+        by_source: by_source
             .into_iter()
-            .map(|(source, (count, correct))| {
-                (
-                    source,
-                    SourceScore {
-                        count,
-                        accuracy: correct as f64 / count.max(1) as f64,
-                    },
-                )
-            })
+            .map(|(source, tallies)| (source, tallies.summary()))
+            .collect(),
+        by_kind: by_kind
+            .into_iter()
+            .map(|(kind, tallies)| (kind, tallies.summary()))
             .collect(),
         second_scene: second,
         engine: labeller.engine_name().to_owned(),
@@ -175,8 +258,7 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn end_to_end_confidence(label: &photolabel_taxonomy::Label) -> f64 {
-    use photolabel_taxonomy::LabelDetail;
+fn end_to_end_confidence(label: &Label) -> f64 {
     label.image_confidence
         * match &label.detail {
             LabelDetail::Indoor { room, subclass } => room.1 * subclass.map_or(1.0, |s| s.1),
@@ -200,18 +282,20 @@ fn print_tables(report: &EvalReport) {
         &report.backbone_sha256[..16]
     )
     .ok();
+    let levels = [
+        ("image_class", &report.image_class),
+        ("room", &report.room),
+        ("subclass", &report.subclass),
+        ("scene", &report.scene),
+        ("leaf", &report.leaf),
+    ];
     writeln!(
         out,
         "\n{:<12} {:>6} {:>9} {:>9} {:>7}",
         "level", "count", "accuracy", "macro-F1", "ECE"
     )
     .ok();
-    for (name, level) in [
-        ("image_class", &report.image_class),
-        ("room", &report.room),
-        ("scene", &report.scene),
-        ("leaf", &report.leaf),
-    ] {
+    for (name, level) in levels {
         writeln!(
             out,
             "{name:<12} {:>6} {:>9.4} {:>9.4} {:>7.4}",
@@ -220,12 +304,7 @@ fn print_tables(report: &EvalReport) {
         .ok();
     }
     writeln!(out, "pooled stage ECE {:.4}", report.ece).ok();
-    for (name, level) in [
-        ("image_class", &report.image_class),
-        ("room", &report.room),
-        ("scene", &report.scene),
-        ("leaf", &report.leaf),
-    ] {
+    for (name, level) in levels {
         writeln!(out, "\n{name}: per class").ok();
         writeln!(
             out,
@@ -260,14 +339,35 @@ fn print_tables(report: &EvalReport) {
             writeln!(out).ok();
         }
     }
-    writeln!(out, "\nleaf accuracy by source:").ok();
-    for (source, score) in &report.leaf_accuracy_by_source {
+    for (title, groups) in [
+        ("source", &report.by_source),
+        ("photo or render", &report.by_kind),
+    ] {
+        writeln!(out, "\nby {title}: accuracy (ECE), n = rows at that level").ok();
         writeln!(
             out,
-            "{source:<18} {:>6} {:>9.4}",
-            score.count, score.accuracy
+            "{:<18} {:>6} {:>17} {:>17} {:>17} {:>17} {:>17} {:>7}",
+            "", "photos", "image", "room", "subclass", "scene", "leaf", "ECE"
         )
         .ok();
+        for (name, group) in groups {
+            write!(out, "{name:<18} {:>6}", group.count).ok();
+            for level in [
+                &group.image_class,
+                &group.room,
+                &group.subclass,
+                &group.scene,
+                &group.leaf,
+            ] {
+                if level.count == 0 {
+                    write!(out, " {:>17}", "-").ok();
+                } else {
+                    let cell = format!("{:.3} ({:.3}) {}", level.accuracy, level.ece, level.count);
+                    write!(out, " {cell:>17}").ok();
+                }
+            }
+            writeln!(out, " {:>7.4}", group.ece).ok();
+        }
     }
     let s = &report.second_scene;
     writeln!(
@@ -277,4 +377,17 @@ fn print_tables(report: &EvalReport) {
     )
     .ok();
     let _ = std::io::stdout().write_all(out.as_bytes());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::picture_kind;
+
+    #[test]
+    fn picture_kind_reads_the_middle_field() {
+        assert_eq!(picture_kind("room|photo|sure"), Some("photo"));
+        assert_eq!(picture_kind("view|render|unsure"), Some("render"));
+        assert_eq!(picture_kind("kitchen"), None);
+        assert_eq!(picture_kind("a|b|c"), None);
+    }
 }

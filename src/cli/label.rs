@@ -10,7 +10,7 @@ use photolabel_vision::Labeller;
 use serde::Serialize;
 
 use super::ModelArgs;
-use crate::embedding::{embed_photos, progress_bar, EmbeddingCache, PhotoRef};
+use crate::embedding::{embed_photos, progress_bar, EmbeddingCache, PhotoRef, Variant};
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
 pub enum Format {
@@ -96,7 +96,11 @@ pub fn run(args: LabelArgs) -> anyhow::Result<std::process::ExitCode> {
     let refs: Vec<PhotoRef<'_>> = files
         .iter()
         .zip(&keys)
-        .map(|(path, key)| PhotoRef { path, key })
+        .map(|(path, key)| PhotoRef {
+            path,
+            key,
+            variant: Variant::Photo,
+        })
         .collect();
     let progress = progress_bar(refs.len(), "labelling");
     let embeddings = embed_photos(

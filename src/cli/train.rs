@@ -4,9 +4,9 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context};
 use clap::Args;
-use ndarray::{Array2, Array3, Axis};
-use photolabel_taxonomy::{ImageClass, RoomClass, SceneClass, TaxonomyClass};
-use photolabel_vision::heads::{Heads, LinearHead, SubclassRule, TrainingRecord, HEADS_FORMAT};
+use ndarray::{s, Array1, Array2, Array3, Axis};
+use photolabel_taxonomy::{ImageClass, RoomClass, RoomSubclass, SceneClass, TaxonomyClass};
+use photolabel_vision::heads::{Heads, LinearHead, TrainingRecord, HEADS_FORMAT};
 use photolabel_vision::train::{
     argmax_rows, fit_temperature, in_calibration_holdout, nll, Dataset, FitOptions,
     SoftmaxRegression, Standardiser,
@@ -15,7 +15,7 @@ use photolabel_vision::{Embedder, Preprocessing, View};
 
 use super::ModelArgs;
 use crate::dataset::{read_labels, LabelledPhoto};
-use crate::embedding;
+use crate::embedding::{self, PhotoEmbedding, Variant};
 
 /// Train the heads on a labels CSV (e.g. ../shared/data/labels.csv).
 ///
@@ -39,6 +39,15 @@ pub struct TrainArgs {
     /// Also embed the mirrored photo and average (one more backbone pass).
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     pub flip: bool,
+    /// Augmented copies of every training photo (random crop, tilt, colour,
+    /// watermark, grayscale, downscale and JPEG re-encoding;
+    /// `photolabel_vision::augment`), each one more training row. They make
+    /// the heads less sensitive to how a portal's photos differ from the
+    /// training sources; the hold-out is always scored on the photos
+    /// themselves. Each copy is one more backbone pass per photo, once
+    /// (cached with `--cache`).
+    #[arg(long, default_value_t = 1)]
+    pub augment: usize,
     /// Percent of photos held out for calibration.
     #[arg(long, default_value_t = 15)]
     pub holdout_percent: u32,
@@ -75,8 +84,13 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
         flip: args.flip,
     };
     let mut embedder = Embedder::load(&args.model.config(), preprocessing)?;
-    let (features, photos) =
-        embed_training_set(&mut embedder, &photos, &args.model, args.cache.as_deref())?;
+    let (features, photos) = embed_training_set(
+        &mut embedder,
+        &photos,
+        args.augment,
+        &args.model,
+        args.cache.as_deref(),
+    )?;
 
     let holdout: Vec<bool> = photos
         .iter()
@@ -112,6 +126,17 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
         },
         &mut notes,
     )?;
+    let subclass = train_head::<RoomSubclass>(
+        &features,
+        &photos,
+        &holdout,
+        |p| {
+            (p.image_class == ImageClass::Indoor && p.room == Some(RoomClass::OtherRoom))
+                .then_some(p.subclass)
+                .flatten()
+        },
+        &mut notes,
+    )?;
     let heads = Heads {
         format: HEADS_FORMAT.to_owned(),
         backbone_sha256: embedder.backbone_sha256().to_owned(),
@@ -119,9 +144,7 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
         image: image.0,
         room: room.0,
         scene: scene.0,
-        subclass: SubclassRule::Constant {
-            class: "hall_corridor".to_owned(),
-        },
+        subclass: subclass.0,
         training: TrainingRecord {
             labels: format!("{} (split {})", args.labels.display(), args.split),
             rows_fit: holdout.iter().filter(|h| !**h).count(),
@@ -137,7 +160,7 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The training photos' embeddings, per view and averaged.
+/// The training photos' embeddings: per view, averaged, and of their copies.
 struct TrainingFeatures {
     /// `[photos, views, dim]`: each view is a training row of its own (the
     /// mirrored photo is a labelled example too), which slightly lowered the
@@ -146,40 +169,66 @@ struct TrainingFeatures {
     /// `[photos, dim]`: what the heads see when labelling, so the hold-out
     /// (L2 and temperature) is scored on these.
     mean: Array2<f32>,
+    /// Each photo's augmented copies (`--augment`): training rows like the
+    /// views.
+    augmented: Vec<Vec<Array1<f32>>>,
 }
 
 impl TrainingFeatures {
-    /// Every view of the given photos as rows, with their labels repeated.
-    fn view_rows(&self, rows: &[usize], labels: &[usize]) -> (Array2<f32>, Vec<usize>) {
-        let (_, views, dim) = self.views.dim();
-        let selected = self.views.select(Axis(0), rows);
-        let flat = selected
-            .into_shape_with_order((rows.len() * views, dim))
-            .expect("a selection is contiguous");
-        let labels = labels
-            .iter()
-            .flat_map(|&l| std::iter::repeat_n(l, views))
-            .collect();
-        (flat, labels)
+    /// Every view and augmented copy of the given photos as rows, with
+    /// their labels repeated.
+    fn training_rows(&self, rows: &[usize], labels: &[usize]) -> (Array2<f32>, Vec<usize>) {
+        let mut out = Vec::new();
+        let mut out_labels = Vec::new();
+        for (&row, &label) in rows.iter().zip(labels) {
+            let views = (0..self.views.dim().1).map(|v| self.views.slice(s![row, v, ..]));
+            for view in views.chain(self.augmented[row].iter().map(|c| c.view())) {
+                out.push(view);
+                out_labels.push(label);
+            }
+        }
+        let out = ndarray::stack(Axis(0), &out)
+            .unwrap_or_else(|_| Array2::zeros((0, self.views.dim().2)));
+        (out, out_labels)
     }
 }
 
-/// Embeds the labelled photos; photos that cannot be read are reported and
-/// left out (training on the rest).
+/// Embeds the labelled photos and `copies` augmented copies of each;
+/// photos that cannot be read are reported and left out (training on the
+/// rest), and so are copies that fail.
 fn embed_training_set(
     embedder: &mut Embedder,
     photos: &[LabelledPhoto],
+    copies: usize,
     model: &ModelArgs,
     cache: Option<&std::path::Path>,
 ) -> anyhow::Result<(TrainingFeatures, Vec<LabelledPhoto>)> {
-    let results = embedding::embed_labelled(embedder, photos, &model.limits(), cache, "embedding")?;
+    let mut jobs: Vec<(&LabelledPhoto, Variant)> =
+        photos.iter().map(|p| (p, Variant::Photo)).collect();
+    for copy in 1..=copies {
+        jobs.extend(
+            photos
+                .iter()
+                .map(|p| (p, Variant::Augmented(embedding::augment_seed(&p.key, copy)))),
+        );
+    }
+    let mut results =
+        embedding::embed_labelled(embedder, &jobs, &model.limits(), cache, "embedding")?;
+    let copy_results = results.split_off(photos.len());
     let mut rows = Vec::new();
     let mut kept = Vec::new();
-    for (photo, result) in photos.iter().zip(results) {
+    let mut augmented = Vec::new();
+    for (i, (photo, result)) in photos.iter().zip(results).enumerate() {
         match result {
             Ok(embedding) => {
                 rows.push(embedding.views);
                 kept.push(photo.clone());
+                augmented.push(
+                    (0..copies)
+                        .filter_map(|c| copy_results[c * photos.len() + i].as_ref().ok())
+                        .map(PhotoEmbedding::mean)
+                        .collect(),
+                );
             }
             Err(reason) => tracing::warn!(path = %photo.path.display(), %reason, "skipped"),
         }
@@ -187,7 +236,14 @@ fn embed_training_set(
     let views: Vec<_> = rows.iter().map(|r| r.view()).collect();
     let views = ndarray::stack(Axis(0), &views).context("no photo could be embedded")?;
     let mean = views.mean_axis(Axis(1)).context("no views")?;
-    Ok((TrainingFeatures { views, mean }, kept))
+    Ok((
+        TrainingFeatures {
+            views,
+            mean,
+            augmented,
+        },
+        kept,
+    ))
 }
 
 /// Fits one head: standardise, pick L2 on the hold-out, fit the temperature
@@ -214,14 +270,14 @@ fn train_head<C: TaxonomyClass>(
             }
         }
     }
-    if fit_rows.is_empty() || cal_rows.is_empty() {
+    let (fit_x, fit_view_labels) = features.training_rows(&fit_rows, &fit_labels);
+    let cal_x = features.mean.select(Axis(0), &cal_rows);
+    if fit_x.nrows() == 0 || cal_x.nrows() == 0 {
         bail!(
-            "the {} stage has no training or no hold-out photos",
+            "the {} head has no training or no hold-out photos",
             C::STAGE
         );
     }
-    let (fit_x, fit_view_labels) = features.view_rows(&fit_rows, &fit_labels);
-    let cal_x = features.mean.select(Axis(0), &cal_rows);
     let standardiser = Standardiser::fit(fit_x.view());
     let fit_z = standardiser.apply(fit_x.view());
     let cal_z = standardiser.apply(cal_x.view());
@@ -265,7 +321,7 @@ fn train_head<C: TaxonomyClass>(
     // the same regularisation and only ~17 % more data.
     let all_rows: Vec<usize> = fit_rows.iter().chain(&cal_rows).copied().collect();
     let all_labels: Vec<usize> = fit_labels.iter().chain(&cal_labels).copied().collect();
-    let (all_x, all_view_labels) = features.view_rows(&all_rows, &all_labels);
+    let (all_x, all_view_labels) = features.training_rows(&all_rows, &all_labels);
     let all_z = standardiser.apply(all_x.view());
     let model = SoftmaxRegression::fit(
         &Dataset {
@@ -279,9 +335,10 @@ fn train_head<C: TaxonomyClass>(
         },
     );
     let note = format!(
-        "{}: l2 {l2} and temperature {temperature:.3} chosen on {} hold-out photos (hold-out accuracy {holdout_accuracy:.4}), final fit on all {} photos",
+        "{}: l2 {l2} and temperature {temperature:.3} chosen on {} hold-out photos (hold-out accuracy {holdout_accuracy:.4}), final fit on {} rows of {} photos",
         C::STAGE,
-        cal_rows.len(),
+        cal_labels.len(),
+        all_view_labels.len(),
         all_rows.len()
     );
     eprintln!("{note}");

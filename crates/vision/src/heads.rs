@@ -1,6 +1,7 @@
 //! The trained heads: one linear softmax classifier per stage on the
-//! backbone's embedding, each with its calibration temperature, stored in a
-//! small versioned JSON file bound to the backbone it was trained on.
+//! backbone's embedding (image class, room, room subclass, scene), each with
+//! its calibration temperature, stored in a small versioned JSON file bound
+//! to the backbone it was trained on.
 
 use std::path::Path;
 
@@ -18,7 +19,8 @@ use crate::image::Preprocessing;
 pub static EMBEDDED_HEADS: &str = include_str!("../../../models/heads.json");
 
 /// Identifies the file type; bumped when the layout changes.
-pub const HEADS_FORMAT: &str = "photolabel-heads/1";
+/// `/2`: the room subclass is a trained head (in `/1` it was a constant).
+pub const HEADS_FORMAT: &str = "photolabel-heads/2";
 
 #[derive(Debug, thiserror::Error)]
 pub enum HeadsError {
@@ -131,15 +133,6 @@ pub fn softmax(logits: &[f32], temperature: f32) -> Vec<f64> {
     exps.into_iter().map(|e| e / total).collect()
 }
 
-/// How the room subclass is decided. The training data has photos of
-/// `hall_corridor` only, so no classifier can be trained for it.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(tag = "kind", rename_all = "snake_case")]
-pub enum SubclassRule {
-    /// Always this subclass: `room` and `scullery` are never predicted.
-    Constant { class: String },
-}
-
 /// What `photolabel train` records about a heads file, for the model card.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
 pub struct TrainingRecord {
@@ -161,7 +154,8 @@ pub struct Heads {
     pub image: LinearHead,
     pub room: LinearHead,
     pub scene: LinearHead,
-    pub subclass: SubclassRule,
+    /// Conditional on `other_room`: hall/corridor, empty room or scullery.
+    pub subclass: LinearHead,
     pub training: TrainingRecord,
 }
 
@@ -179,8 +173,17 @@ impl Heads {
     }
 
     pub fn from_json(text: &str) -> Result<Self, HeadsError> {
-        let heads: Heads =
-            serde_json::from_str(text).map_err(|e| HeadsError::Invalid(e.to_string()))?;
+        let invalid = |e: serde_json::Error| HeadsError::Invalid(e.to_string());
+        let value: serde_json::Value = serde_json::from_str(text).map_err(invalid)?;
+        // The format is checked before the layout, so a file of another
+        // version is refused for what it is rather than for a missing field.
+        let format = value.get("format").and_then(|f| f.as_str());
+        if format != Some(HEADS_FORMAT) {
+            return Err(HeadsError::Invalid(format!(
+                "format {format:?} is not {HEADS_FORMAT:?}; retrain the heads with `photolabel train`"
+            )));
+        }
+        let heads: Heads = serde_json::from_value(value).map_err(invalid)?;
         heads.validate()?;
         Ok(heads)
     }
@@ -199,8 +202,7 @@ impl Heads {
         self.image.validate::<ImageClass>()?;
         self.room.validate::<RoomClass>()?;
         self.scene.validate::<SceneClass>()?;
-        let SubclassRule::Constant { class } = &self.subclass;
-        RoomSubclass::from_name(class).map_err(|e| HeadsError::Invalid(e.to_string()))?;
+        self.subclass.validate::<RoomSubclass>()?;
         Ok(())
     }
 
@@ -218,12 +220,10 @@ impl Heads {
 
     /// All stages' probabilities for one embedding.
     pub fn stage_probabilities(&self, embedding: ArrayView1<'_, f32>) -> StageProbabilities {
-        let SubclassRule::Constant { class } = &self.subclass;
-        let subclass = RoomSubclass::from_name(class).expect("validated on load");
         StageProbabilities {
             image: distribution(self.image.probabilities(embedding)),
             room: distribution(self.room.probabilities(embedding)),
-            subclass: Distribution::certain(subclass),
+            subclass: distribution(self.subclass.probabilities(embedding)),
             scene: distribution(self.scene.probabilities(embedding)),
         }
     }
@@ -261,9 +261,7 @@ mod tests {
             image: head::<ImageClass>(1),
             room: head::<RoomClass>(1),
             scene: head::<SceneClass>(3),
-            subclass: SubclassRule::Constant {
-                class: "hall_corridor".into(),
-            },
+            subclass: head::<RoomSubclass>(2),
             training: TrainingRecord::default(),
         }
     }
@@ -275,8 +273,9 @@ mod tests {
         x[0] = 1.0;
         let p = h.stage_probabilities(x.view());
         assert_eq!(p.image.top().0, ImageClass::Outdoor);
+        assert_eq!(p.room.top().0, RoomClass::Kitchen);
         assert_eq!(p.scene.top().0, SceneClass::BalconyGarden);
-        assert_eq!(p.subclass.top(), (RoomSubclass::HallCorridor, 1.0));
+        assert_eq!(p.subclass.top().0, RoomSubclass::Scullery);
         // softmax([0, 4, 0]) = e^4 / (e^4 + 2)
         let want = 4f64.exp() / (4f64.exp() + 2.0);
         assert!((p.image.top().1 - want).abs() < 1e-9);
@@ -320,10 +319,15 @@ mod tests {
         h.format = "photolabel-heads/0".into();
         assert!(Heads::from_json(&h.to_json()).is_err());
         let mut h = heads();
-        h.subclass = SubclassRule::Constant {
-            class: "garage".into(),
-        };
+        h.subclass.classes[0] = "garage".into();
         assert!(Heads::from_json(&h.to_json()).is_err());
+        // A file from before the subclass head was trained is refused with
+        // a reason, not misread.
+        let mut old: serde_json::Value = serde_json::from_str(&heads().to_json()).unwrap();
+        old["format"] = "photolabel-heads/1".into();
+        old["subclass"] = serde_json::json!({"kind": "constant", "class": "hall_corridor"});
+        let err = Heads::from_json(&old.to_string()).unwrap_err();
+        assert!(err.to_string().contains("photolabel-heads/1"), "{err}");
         assert!(Heads::from_json("{}").is_err());
     }
 }

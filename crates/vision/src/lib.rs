@@ -8,6 +8,7 @@
 //! - [`train`]: softmax regression and temperature scaling for `photolabel train`.
 //! - [`labeller`]: ties them together for one inference worker.
 
+pub mod augment;
 pub mod backbone;
 pub mod heads;
 pub mod image;
