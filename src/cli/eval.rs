@@ -343,6 +343,9 @@ fn print_tables(report: &EvalReport) {
         ("source", &report.by_source),
         ("photo or render", &report.by_kind),
     ] {
+        if groups.is_empty() {
+            continue;
+        }
         writeln!(out, "\nby {title}: accuracy (ECE), n = rows at that level").ok();
         writeln!(
             out,
