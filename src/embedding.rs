@@ -319,8 +319,9 @@ pub fn embed_photos(
 /// Embeds labelled photos (`train`, `eval`), through the cache in
 /// `cache_dir` when one is given, with a progress bar named `what`.
 ///
-/// `variants[i]` says what to embed of `photos[i]`; a photo may be listed
-/// several times with different variants.
+/// Each entry says what to embed of which photo; a photo may be listed
+/// several times with different variants (`train`'s augmented copies).
+/// One result per entry, in order.
 pub fn embed_labelled(
     embedder: &mut Embedder,
     photos: &[(&crate::dataset::LabelledPhoto, Variant)],
