@@ -62,8 +62,11 @@ impl LevelTally {
     }
 
     pub fn report(&self) -> LevelReport {
-        let count = self.pairs.len();
-        let correct = self.pairs.iter().filter(|(t, p, _)| t == p).count();
+        let LevelSummary {
+            count,
+            accuracy,
+            ece,
+        } = self.summary();
         let mut confusion: BTreeMap<String, BTreeMap<String, usize>> = BTreeMap::new();
         for (t, p, _) in &self.pairs {
             *confusion
@@ -107,9 +110,9 @@ impl LevelTally {
         };
         LevelReport {
             count,
-            accuracy: ratio(correct, count),
+            accuracy,
             macro_f1,
-            ece: expected_calibration_error(self.outcomes()),
+            ece,
             per_class,
             confusion,
         }
