@@ -27,6 +27,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     Label(cli::label::LabelArgs),
+    Listing(cli::listing::ListingArgs),
     Eval(cli::eval::EvalArgs),
     Train(cli::train::TrainArgs),
     Bench(cli::bench::BenchArgs),
@@ -60,6 +61,7 @@ fn main() -> ExitCode {
     init_logging(&cli.log, cli.log_json);
     let outcome = match cli.command {
         Command::Label(args) => cli::label::run(args),
+        Command::Listing(args) => cli::listing::run(args),
         Command::Eval(args) => cli::eval::run(args).map(|()| ExitCode::SUCCESS),
         Command::Train(args) => cli::train::run(args).map(|()| ExitCode::SUCCESS),
         Command::Bench(args) => cli::bench::run(args).map(|()| ExitCode::SUCCESS),

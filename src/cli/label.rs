@@ -6,11 +6,10 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use clap::{Args, ValueEnum};
 use photolabel_taxonomy::{decide, DecisionRules, Label, Output, DEFAULT_SECOND_SCENE_THRESHOLD};
-use photolabel_vision::Labeller;
 use serde::Serialize;
 
 use super::ModelArgs;
-use crate::embedding::{embed_photos, progress_bar, EmbeddingCache, PhotoRef, Variant};
+use crate::embedding::embed_files;
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
 pub enum Format {
@@ -47,7 +46,7 @@ fn is_photo(path: &Path) -> bool {
 
 /// Files named on the command line are always tried (a bad one gets its own
 /// error); inside folders only photo extensions are picked up.
-fn collect_photos(paths: &[PathBuf]) -> Vec<PathBuf> {
+pub fn collect_photos(paths: &[PathBuf]) -> Vec<PathBuf> {
     let mut photos = Vec::new();
     for path in paths {
         if path.is_dir() {
@@ -78,39 +77,13 @@ struct Record<'a> {
 }
 
 pub fn run(args: LabelArgs) -> anyhow::Result<std::process::ExitCode> {
-    // The same layout `serve` picks: replicas of the backbone side by side
-    // use a small machine's cores better than one replica on all of them.
-    let replicas = photolabel_vision::default_replicas(photolabel_vision::cores());
-    let mut labellers = Labeller::load_replicas(&args.model.config(), replicas)?;
-    tracing::info!(
-        engine = labellers[0].engine_name(),
-        backbone = &labellers[0].backbone_sha256()[..16],
-        replicas,
-        "model loaded"
-    );
+    let labellers = &mut args.model.load_replicas()?;
     let rules = DecisionRules {
         second_scene_threshold: args.second_scene_threshold,
     };
     let files = collect_photos(&args.paths);
     let keys: Vec<String> = files.iter().map(|p| p.display().to_string()).collect();
-    let refs: Vec<PhotoRef<'_>> = files
-        .iter()
-        .zip(&keys)
-        .map(|(path, key)| PhotoRef {
-            path,
-            key,
-            variant: Variant::Photo,
-        })
-        .collect();
-    let progress = progress_bar(refs.len(), "labelling");
-    let embeddings = embed_photos(
-        labellers.iter_mut().map(Labeller::embedder_mut).collect(),
-        &refs,
-        &args.model.limits(),
-        &mut EmbeddingCache::disabled(),
-        &progress,
-    )?;
-    progress.finish_and_clear();
+    let embeddings = embed_files(labellers, &files, &args.model.limits())?;
 
     let results: Vec<Result<Label, String>> = embeddings
         .into_iter()

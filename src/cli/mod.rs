@@ -3,6 +3,7 @@
 pub mod bench;
 pub mod eval;
 pub mod label;
+pub mod listing;
 pub mod train;
 
 use std::path::PathBuf;
@@ -55,6 +56,20 @@ impl ModelArgs {
         ImageLimits {
             max_pixels: self.max_pixels,
         }
+    }
+
+    /// Replicas side by side, the layout `serve` picks: on a small machine
+    /// they use the cores better than one replica on all of them.
+    pub fn load_replicas(&self) -> anyhow::Result<Vec<Labeller>> {
+        let replicas = photolabel_vision::default_replicas(photolabel_vision::cores());
+        let labellers = Labeller::load_replicas(&self.config(), replicas)?;
+        tracing::info!(
+            engine = labellers[0].engine_name(),
+            backbone = &labellers[0].backbone_sha256()[..16],
+            replicas,
+            "model loaded"
+        );
+        Ok(labellers)
     }
 
     pub fn load(&self) -> anyhow::Result<Labeller> {

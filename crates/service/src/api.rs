@@ -14,7 +14,9 @@ use axum::{middleware, Json, Router};
 use bytes::{Bytes, BytesMut};
 use metrics_exporter_prometheus::PrometheusHandle;
 use photolabel_taxonomy::{decide, DecisionRules, Output, StageProbabilities};
-use photolabel_vision::{prepare, ImageError, ImageLimits, Prepared, Preprocessing};
+use photolabel_vision::{
+    prepare, prepare_measured, ImageError, ImageLimits, Prepared, Preprocessing,
+};
 use tower_http::catch_panic::CatchPanicLayer;
 
 use crate::auth::{Caller, LabellingCaller, RateLimiter};
@@ -22,6 +24,7 @@ use crate::docs;
 use crate::error::{ApiError, MissingField};
 use crate::fetch::Fetcher;
 use crate::limits::{guard_request, BodyError, BodyLimits};
+use crate::listing::{label_listing, ListingLimits, LISTING_PATH};
 use crate::lockout::BadKeyLockout;
 use crate::openapi;
 use crate::store::{Endpoint, Recorded, Store};
@@ -39,6 +42,7 @@ pub struct AppState {
     pub image_limits: ImageLimits,
     pub rules: DecisionRules,
     pub body_limits: BodyLimits,
+    pub listing: ListingLimits,
     pub rate_limiter: RateLimiter,
     pub bad_keys: BadKeyLockout,
     pub metrics: PrometheusHandle,
@@ -55,6 +59,7 @@ pub fn routes(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/labelling/img", post(label_upload))
         .route("/labelling/url", post(label_url))
+        .route(LISTING_PATH, post(label_listing))
         .route("/labelling/openapi", get(openapi_document))
         .route("/credit", get(credit))
         .route("/health", get(health))
@@ -118,14 +123,20 @@ pub(crate) async fn label_upload(
 ) -> Result<Response, ApiError> {
     let bytes = upload_image(multipart).await?;
     let slot = state.worker.reserve()?;
-    let prepared = prepare_off_thread(bytes, state.image_limits, slot.preprocessing())
+    let prepared = prepare_off_thread(bytes, state.image_limits, slot.preprocessing(), false)
         .await
         .map_err(|e| {
             tracing::debug!(error = %e, "upload refused");
             ApiError::InvalidImage
         })?;
-    let probabilities = slot.label(prepared).await?;
-    respond(&state, caller.id, Endpoint::LabelUpload, &probabilities).await
+    let labelled = slot.label(prepared).await?;
+    respond(
+        &state,
+        caller.id,
+        Endpoint::LabelUpload,
+        &labelled.probabilities,
+    )
+    .await
 }
 
 /// The photo of an upload: the bytes of the first `image` field of the
@@ -165,7 +176,7 @@ async fn read_image_field(multipart: &mut Multipart) -> Result<Bytes, ApiError> 
     }
 }
 
-fn body_error(error: &(dyn std::error::Error + 'static)) -> Option<ApiError> {
+pub(crate) fn body_error(error: &(dyn std::error::Error + 'static)) -> Option<ApiError> {
     BodyError::find(error).map(ApiError::from)
 }
 
@@ -210,14 +221,20 @@ pub(crate) async fn label_url(
         ApiError::InvalidUrl
     })?;
     let slot = state.worker.reserve()?;
-    let prepared = prepare_off_thread(bytes, state.image_limits, slot.preprocessing())
+    let prepared = prepare_off_thread(bytes, state.image_limits, slot.preprocessing(), false)
         .await
         .map_err(|e| {
             tracing::info!(reason = %e, "URL did not lead to an image");
             ApiError::InvalidUrl
         })?;
-    let probabilities = slot.label(prepared).await?;
-    respond(&state, caller.id, Endpoint::LabelUrl, &probabilities).await
+    let labelled = slot.label(prepared).await?;
+    respond(
+        &state,
+        caller.id,
+        Endpoint::LabelUrl,
+        &labelled.probabilities,
+    )
+    .await
 }
 
 /// `{"url": "<string>"}`; anything else is the contract's 422. (The URL
@@ -233,7 +250,7 @@ pub fn parse_url_request(body: &[u8]) -> Result<String, ApiError> {
 
 /// Why preparing a photo failed.
 #[derive(Debug, thiserror::Error)]
-enum PrepareError {
+pub(crate) enum PrepareError {
     #[error(transparent)]
     Image(#[from] ImageError),
     #[error("the decoder panicked")]
@@ -243,12 +260,19 @@ enum PrepareError {
 /// Decodes and preprocesses on tokio's blocking pool, never on a model
 /// thread, so decoding the next photo overlaps labelling this one. A
 /// decoder panic on a hostile file is that file's 400, not a 500.
-async fn prepare_off_thread(
+pub(crate) async fn prepare_off_thread(
     bytes: Bytes,
     limits: ImageLimits,
     preprocessing: Preprocessing,
+    measure: bool,
 ) -> Result<Prepared, PrepareError> {
-    let task = tokio::task::spawn_blocking(move || prepare(&bytes, &limits, &preprocessing));
+    let task = tokio::task::spawn_blocking(move || {
+        if measure {
+            prepare_measured(&bytes, &limits, &preprocessing)
+        } else {
+            prepare(&bytes, &limits, &preprocessing)
+        }
+    });
     match task.await {
         Ok(result) => Ok(result?),
         Err(e) => {
@@ -269,13 +293,29 @@ async fn respond(
         output: decide(probabilities, &state.rules),
     };
     let body = serde_json::to_vec(&output).map_err(ApiError::internal)?;
+    record_call(state, key_id, endpoint).await?;
+    Ok((
+        StatusCode::OK,
+        [(CONTENT_TYPE, HeaderValue::from_static("application/json"))],
+        body,
+    )
+        .into_response())
+}
+
+/// Counts one successful call in the ledger, or refuses it when the key's
+/// quota ran out meanwhile (the ledger's increment is the real check).
+pub(crate) async fn record_call(
+    state: &AppState,
+    key_id: i64,
+    endpoint: Endpoint,
+) -> Result<(), ApiError> {
     match state
         .store
         .record_success(key_id, endpoint)
         .await
         .map_err(ApiError::internal)?
     {
-        Recorded::Counted(_) => {}
+        Recorded::Counted(_) => Ok(()),
         Recorded::QuotaExhausted => {
             let quota = state
                 .store
@@ -285,15 +325,9 @@ async fn respond(
                 .flatten()
                 .and_then(|u| u.quota)
                 .unwrap_or(0);
-            return Err(ApiError::QuotaExhausted { quota });
+            Err(ApiError::QuotaExhausted { quota })
         }
     }
-    Ok((
-        StatusCode::OK,
-        [(CONTENT_TYPE, HeaderValue::from_static("application/json"))],
-        body,
-    )
-        .into_response())
 }
 
 /// The calling key's usage, like Altum's Credit API.

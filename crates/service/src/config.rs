@@ -9,6 +9,10 @@ use std::time::Duration;
 
 use clap::{Args, Subcommand};
 
+use photolabel_listing::{
+    checks::CheckRules, DuplicateRules, LeafOrder, ListingConfig, QualityThresholds, UnknownLeaf,
+};
+
 use crate::fetch::FetchConfig;
 use crate::lockout::LockoutConfig;
 
@@ -30,6 +34,53 @@ pub struct StoreArgs {
     /// supported for now, e.g. `sqlite:///var/lib/photolabel/keys.db`).
     #[arg(long, env = "PHOTOLABEL_DATABASE_URL", global = true)]
     pub database_url: Option<String>,
+}
+
+/// The listing analysis' settings, shared by `photolabel listing` and
+/// `photolabel serve` (for `POST /labelling/listing`).
+#[derive(Debug, Clone, Args)]
+pub struct AnalysisArgs {
+    /// Order of leaf classes for the suggested photo order, comma-separated;
+    /// leaves not named follow in the default order (facade, living_room,
+    /// kitchen, bedroom, bathroom, hall_corridor, room, scullery,
+    /// balcony-garden, view, building_part, street, no_building, other).
+    #[arg(long, env = "PHOTOLABEL_LISTING_ORDER", default_value = "")]
+    pub listing_order: String,
+    /// A photo whose longer side is under this many pixels is flagged `small`.
+    #[arg(long, env = "PHOTOLABEL_SMALL_BELOW", default_value_t = QualityThresholds::default().min_long_side)]
+    pub small_below: u32,
+    /// A photo whose sharpness (fine-detail ratio, see the contract) is under
+    /// this is flagged `blurry`.
+    #[arg(long, env = "PHOTOLABEL_BLURRY_BELOW", default_value_t = QualityThresholds::default().blurry_below)]
+    pub blurry_below: f32,
+    /// A photo whose mean luma (0–1) is under this is flagged `dark`.
+    #[arg(long, env = "PHOTOLABEL_DARK_BELOW", default_value_t = QualityThresholds::default().dark_below)]
+    pub dark_below: f32,
+    /// A photo with more than this share of clipped highlights is flagged
+    /// `overexposed`.
+    #[arg(long, env = "PHOTOLABEL_OVEREXPOSED_ABOVE", default_value_t = QualityThresholds::default().overexposed_above)]
+    pub overexposed_above: f32,
+    /// A listing with fewer distinct photos gets the `few_photos` check.
+    #[arg(long, env = "PHOTOLABEL_MIN_PHOTOS", default_value_t = CheckRules::default().min_photos)]
+    pub min_photos: usize,
+}
+
+impl AnalysisArgs {
+    pub fn config(&self) -> Result<ListingConfig, UnknownLeaf> {
+        Ok(ListingConfig {
+            quality: QualityThresholds {
+                min_long_side: self.small_below,
+                blurry_below: self.blurry_below,
+                dark_below: self.dark_below,
+                overexposed_above: self.overexposed_above,
+            },
+            duplicates: DuplicateRules::default(),
+            order: LeafOrder::parse(&self.listing_order)?,
+            checks: CheckRules {
+                min_photos: self.min_photos,
+            },
+        })
+    }
 }
 
 /// `photolabel serve`: the Altum-compatible HTTP API.
@@ -54,6 +105,18 @@ pub struct ServeArgs {
     /// copies it here.
     #[arg(skip = photolabel_vision::ImageLimits::default().max_pixels)]
     pub max_pixels: u64,
+
+    /// Most photos in one `POST /labelling/listing` (413 beyond).
+    #[arg(long, env = "PHOTOLABEL_LISTING_MAX_PHOTOS", default_value_t = 60)]
+    pub listing_max_photos: usize,
+
+    /// Largest `POST /labelling/listing` body in bytes (413 beyond); each
+    /// photo in it is still capped by `--max-body-bytes`.
+    #[arg(long, env = "PHOTOLABEL_LISTING_MAX_BYTES", default_value_t = 256 * 1024 * 1024)]
+    pub listing_max_bytes: usize,
+
+    #[command(flatten)]
+    pub analysis: AnalysisArgs,
 
     /// Seconds a client may take to send the request headers.
     #[arg(long, env = "PHOTOLABEL_HEADER_TIMEOUT", default_value_t = 10)]

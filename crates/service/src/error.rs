@@ -23,6 +23,8 @@ pub const ADDRESS_LOCKED_OUT_DETAIL: &str =
 pub enum MissingField {
     Image,
     Url,
+    /// `POST /labelling/listing` with JSON: a non-empty array of strings.
+    Urls,
 }
 
 impl MissingField {
@@ -30,6 +32,7 @@ impl MissingField {
         match self {
             MissingField::Image => "image",
             MissingField::Url => "url",
+            MissingField::Urls => "urls",
         }
     }
 }
@@ -46,6 +49,8 @@ pub enum ApiError {
     MissingKey,
     #[error("request body larger than {limit} bytes")]
     PayloadTooLarge { limit: usize },
+    #[error("listing of more than {max} photos")]
+    TooManyPhotos { max: usize },
     #[error("request field `{}` missing or malformed", .0.name())]
     MissingField(MissingField),
     #[error("rate limit of {per_minute} requests per minute reached")]
@@ -94,7 +99,9 @@ impl ApiError {
             ApiError::NotFound => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
-            ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::PayloadTooLarge { .. } | ApiError::TooManyPhotos { .. } => {
+                StatusCode::PAYLOAD_TOO_LARGE
+            }
             ApiError::MissingField(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::RateLimited { .. }
             | ApiError::QuotaExhausted { .. }
@@ -115,6 +122,9 @@ impl ApiError {
             ApiError::MissingKey => json!({ "message": "Missing Authentication Token" }),
             ApiError::PayloadTooLarge { limit } => json!({
                 "detail": format!("The request body is larger than the limit of {limit} bytes")
+            }),
+            ApiError::TooManyPhotos { max } => json!({
+                "detail": format!("A listing may have at most {max} photos")
             }),
             ApiError::MissingField(field) => json!({
                 "detail": [{

@@ -14,6 +14,7 @@
 //! - [`worker`]: the threads that own the model replicas, behind one bounded
 //!   queue.
 //! - [`fetch`]: downloading images for `/labelling/url` without SSRF.
+//! - [`listing`]: `POST /labelling/listing`, a whole listing at once.
 //! - [`limits`]: body size and timeouts; [`server`]: listener and shutdown.
 
 pub mod api;
@@ -25,6 +26,7 @@ pub mod error;
 pub mod fetch;
 pub mod keys;
 pub mod limits;
+pub mod listing;
 pub mod lockout;
 pub mod openapi;
 pub mod server;
@@ -33,6 +35,6 @@ pub mod telemetry;
 pub mod worker;
 
 pub use cli::{keys_main, run_keys};
-pub use config::{KeysArgs, KeysCommand, ServeArgs, StoreArgs};
+pub use config::{AnalysisArgs, KeysArgs, KeysCommand, ServeArgs, StoreArgs};
 pub use error::ApiError;
 pub use server::{run_serve, run_serve_loading, serve_main, Server};

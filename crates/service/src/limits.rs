@@ -20,6 +20,8 @@ use crate::error::ApiError;
 #[derive(Debug, Clone, Copy)]
 pub struct BodyLimits {
     pub max_bytes: usize,
+    /// The cap of `POST /labelling/listing`, which carries many photos.
+    pub listing_max_bytes: usize,
     /// Longest silence between two pieces of the body.
     pub idle_timeout: Duration,
     /// The whole request, body and labelling included.
@@ -116,22 +118,24 @@ pub async fn guard_request(
     request: Request,
     next: Next,
 ) -> Response {
+    let max_bytes = if request.uri().path() == crate::listing::LISTING_PATH {
+        limits.listing_max_bytes
+    } else {
+        limits.max_bytes
+    };
     let declared = request
         .headers()
         .get(CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<u64>().ok());
-    if declared.is_some_and(|len| len > limits.max_bytes as u64) {
-        return ApiError::PayloadTooLarge {
-            limit: limits.max_bytes,
-        }
-        .into_response();
+    if declared.is_some_and(|len| len > max_bytes as u64) {
+        return ApiError::PayloadTooLarge { limit: max_bytes }.into_response();
     }
     let request = request.map(|inner| {
         Body::new(GuardedBody {
             inner,
-            remaining: limits.max_bytes,
-            limit: limits.max_bytes,
+            remaining: max_bytes,
+            limit: max_bytes,
             idle_timeout: limits.idle_timeout,
             idle: Box::pin(tokio::time::sleep(limits.idle_timeout)),
         })

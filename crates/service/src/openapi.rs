@@ -25,6 +25,65 @@ pub struct UrlRequest {
     pub url: String,
 }
 
+/// The listing upload form: the field `image` repeated, one photo each.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct ListingForm {
+    /// The photos, JPEG or PNG, each with its file name.
+    #[schema(value_type = Vec<String>, format = Binary)]
+    pub image: Vec<Vec<u8>>,
+}
+
+/// A listing by URL.
+#[derive(ToSchema, Serialize)]
+pub struct ListingUrls {
+    /// Public `http`/`https` URLs of the photos (1 to `--listing-max-photos`).
+    #[schema(example = json!(["https://example.com/front.jpg", "https://example.com/kitchen.jpg"]))]
+    pub urls: Vec<String>,
+}
+
+/// A listing's analysis (see the contract's "Listings" section).
+#[derive(ToSchema, Serialize)]
+#[schema(example = json!({
+    "photos": [
+        {"index": 0, "name": "front.jpg",
+         "Output": {"Image_Class": "outdoor", "ConfidencePercent_Image_Class": "99.09",
+                    "Scene_Class1": "facade", "ConfidencePercent_Scene_Class1": "99.71"},
+         "quality": {"width": 1440, "height": 960, "sharpness": 0.52, "brightness": 0.47, "flags": []},
+         "duplicate_of": null},
+        {"index": 1, "name": "broken.jpg",
+         "error": {"status": 400, "detail": "Please upload an image with one of the following formats: .jpg, .jpeg or .png"}}
+    ],
+    "order": [0], "cover": 0, "duplicates": [],
+    "inventory": {"facade": 1},
+    "checks": [{"code": "no_kitchen", "message": "No kitchen among the photos."}]
+}))]
+pub struct ListingResponse {
+    /// Every photo in the order sent: `index`, `name` (file name or URL)
+    /// and either `Output` (as `/labelling/img` answers), `quality`
+    /// (`width`, `height`, `sharpness`, `brightness`, `flags` among `small`,
+    /// `blurry`, `dark`, `overexposed`) and `duplicate_of` (the kept photo's
+    /// index or null), or `error` (`status` plus the body the single-photo
+    /// endpoints would give).
+    #[schema(value_type = Vec<Object>)]
+    pub photos: Vec<serde_json::Value>,
+    /// Indexes of the labelled photos in the suggested order.
+    pub order: Vec<usize>,
+    /// Index of the cover photo: the best facade, else the best living room,
+    /// else the best photo.
+    pub cover: Option<usize>,
+    /// Groups of the same shot: the kept (best) photo first.
+    pub duplicates: Vec<Vec<usize>>,
+    /// Distinct photos per leaf class.
+    #[schema(value_type = Object)]
+    pub inventory: serde_json::Value,
+    /// Failed checks: `code` (`no_exterior`, `no_kitchen`, `no_bathroom`,
+    /// `no_floor_plan`, `few_photos`, `duplicates`, `low_quality`) and an
+    /// English `message`.
+    #[schema(value_type = Vec<Object>)]
+    pub checks: Vec<serde_json::Value>,
+}
+
 /// A successful answer.
 #[derive(ToSchema, Serialize)]
 #[schema(example = json!({"Output": {"Image_Class": "indoor", "ConfidencePercent_Image_Class": "99.9",
@@ -192,18 +251,20 @@ impl Modify for ApiKeyScheme {
     paths(
         crate::api::label_upload,
         crate::api::label_url,
+        crate::listing::label_listing,
         crate::api::credit,
         crate::api::health,
         crate::api::metrics,
         crate::api::openapi_document,
     ),
     components(schemas(
-        UploadForm, UrlRequest, LabelResponse, LabelOutput, Detail, Message, InvalidKey,
+        UploadForm, UrlRequest, ListingForm, ListingUrls, ListingResponse, LabelResponse,
+        LabelOutput, Detail, Message, InvalidKey,
         ValidationError, ValidationItem, Health, crate::store::Usage
     )),
     modifiers(&ApiKeyScheme),
     tags(
-        (name = "labelling", description = "The Altum-compatible endpoints"),
+        (name = "labelling", description = "The Altum-compatible endpoints, and listings (our extension)"),
         (name = "account", description = "Usage of the calling key"),
         (name = "operations", description = "Health, metrics and this document"),
     )

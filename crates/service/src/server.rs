@@ -23,6 +23,7 @@ use crate::auth::RateLimiter;
 use crate::config::ServeArgs;
 use crate::fetch::Fetcher;
 use crate::limits::BodyLimits;
+use crate::listing::ListingLimits;
 use crate::lockout::BadKeyLockout;
 use crate::store::{open_store, Store};
 use crate::telemetry;
@@ -106,6 +107,13 @@ fn validate(args: &ServeArgs) -> anyhow::Result<()> {
         "--max-body-bytes must be at least 1"
     );
     anyhow::ensure!(args.max_pixels > 0, "--max-pixels must be at least 1");
+    anyhow::ensure!(
+        args.listing_max_photos > 0 && args.listing_max_bytes > 0,
+        "--listing-max-photos and --listing-max-bytes must be at least 1"
+    );
+    args.analysis
+        .config()
+        .map_err(|e| anyhow::anyhow!("--listing-order: {e}"))?;
     anyhow::ensure!(
         args.header_timeout > 0 && args.body_timeout > 0 && args.request_timeout > 0,
         "timeouts must be at least 1 second"
@@ -212,8 +220,14 @@ pub fn app_state(
         },
         body_limits: BodyLimits {
             max_bytes: args.max_body_bytes,
+            listing_max_bytes: args.listing_max_bytes,
             idle_timeout: Duration::from_secs(args.body_timeout),
             request_timeout: Duration::from_secs(args.request_timeout),
+        },
+        listing: ListingLimits {
+            max_photos: args.listing_max_photos,
+            // `validate` has already refused a leaf order that does not parse.
+            config: args.analysis.config().unwrap_or_default(),
         },
         rate_limiter: RateLimiter::default(),
         bad_keys: BadKeyLockout::new(args.lockout_config()),

@@ -701,7 +701,13 @@ async fn openapi_document_matches_the_committed_file() {
          regenerate it with `UPDATE_OPENAPI=1 cargo test -p photolabel-service --test contract openapi`"
     );
     let doc: serde_json::Value = serde_json::from_str(&served).expect("JSON");
-    for path in ["/labelling/img", "/labelling/url", "/credit", "/health"] {
+    for path in [
+        "/labelling/img",
+        "/labelling/url",
+        "/labelling/listing",
+        "/credit",
+        "/health",
+    ] {
         assert!(doc["paths"][path].is_object(), "{path} documented");
     }
 }

@@ -13,7 +13,6 @@ use std::path::PathBuf;
 
 use axum::http::StatusCode;
 use common::*;
-use photolabel_vision::{Labeller, ModelConfig};
 
 /// The response a file must get.
 #[derive(Debug, Clone, Copy)]
@@ -135,14 +134,7 @@ fn the_corpus_table_lists_every_file() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_uploads_get_their_documented_responses() {
-    let app = AppBuilder::new()
-        .build_loading(|| Labeller::load(&ModelConfig::default()).map_err(|e| e.to_string()))
-        .await;
-    let state = app.state.worker.wait_loaded().await;
-    assert!(
-        matches!(state, photolabel_service::worker::ModelState::Ready(_)),
-        "model failed to load: {state:?}"
-    );
+    let app = AppBuilder::new().build_real_model().await;
     let key = app.create_key("acme", None, None).await;
 
     let mut failures = Vec::new();

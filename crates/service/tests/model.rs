@@ -6,7 +6,6 @@ mod common;
 
 use axum::http::StatusCode;
 use common::*;
-use photolabel_vision::{Labeller, ModelConfig};
 
 fn label_of(body: &str) -> serde_json::Value {
     let body: serde_json::Value = serde_json::from_str(body).expect("JSON body");
@@ -22,13 +21,8 @@ async fn real_model_labels_fixtures_through_both_endpoints() {
     .await;
     let app = AppBuilder::new()
         .args(|a| a.allow_private_urls = true)
-        .build_loading(|| Labeller::load(&ModelConfig::default()).map_err(|e| e.to_string()))
+        .build_real_model()
         .await;
-    let state = app.state.worker.wait_loaded().await;
-    assert!(
-        matches!(state, photolabel_service::worker::ModelState::Ready(_)),
-        "model failed to load: {state:?}"
-    );
     let key = app.create_key("acme", None, None).await;
 
     let (status, body) = app.send(upload(Some(&key), &fixture("kitchen.jpg"))).await;

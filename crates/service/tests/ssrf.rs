@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use axum::http::StatusCode;
 use common::*;
-use photolabel_service::fetch::{is_public, AddressPolicy, FetchConfig, Fetcher, HostResolver};
+use photolabel_service::fetch::{FetchConfig, Fetcher, HostResolver};
 
 /// Maps every name to one address, like a hostile DNS record would.
 struct FixedResolver(IpAddr);
@@ -24,16 +24,6 @@ impl HostResolver for FixedResolver {
     ) -> Pin<Box<dyn Future<Output = std::io::Result<Vec<IpAddr>>> + Send>> {
         let ip = self.0;
         Box::pin(async move { Ok(vec![ip]) })
-    }
-}
-
-/// The default policy plus one exception: the test's "public" server,
-/// which lives on 127.0.0.2.
-struct AllowOne(IpAddr);
-
-impl AddressPolicy for AllowOne {
-    fn allows(&self, ip: IpAddr) -> bool {
-        ip == self.0 || is_public(ip)
     }
 }
 
@@ -163,14 +153,8 @@ async fn a_redirect_to_loopback_is_refused_without_connecting() {
         }),
     )
     .await;
-    let fetcher = Fetcher::with_parts(
-        FetchConfig::default(),
-        Arc::new(photolabel_service::fetch::SystemResolver),
-        Arc::new(AllowOne(public.addr.ip())),
-    )
-    .expect("fetcher");
     let app = AppBuilder::new()
-        .fetcher(fetcher)
+        .fetcher(fetcher_allowing(public.addr.ip()))
         .build(FixedModel(indoor_probabilities()))
         .await;
     let key = app.create_key("acme", None, None).await;

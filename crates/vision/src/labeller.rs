@@ -131,6 +131,15 @@ fn load_model(config: &ModelConfig) -> Result<BackboneModel, LabellerError> {
     })
 }
 
+/// What labelling one photo gives: the per-stage probabilities, and the
+/// embedding they came from (which the listing analysis compares).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Labelled {
+    pub probabilities: StageProbabilities,
+    /// The backbone embedding, views averaged.
+    pub embedding: Vec<f32>,
+}
+
 /// Owns the model. Not `Sync`: exactly one inference worker holds it.
 pub struct Labeller {
     embedder: Embedder,
@@ -193,11 +202,14 @@ impl Labeller {
     }
 
     /// Labels a batch of prepared photos (one result per photo, same order).
-    pub fn label(&mut self, batch: &[Prepared]) -> Result<Vec<StageProbabilities>, LabellerError> {
+    pub fn label(&mut self, batch: &[Prepared]) -> Result<Vec<Labelled>, LabellerError> {
         let embedding = self.embedder.embed(batch)?;
         Ok(embedding
             .outer_iter()
-            .map(|row| self.heads.stage_probabilities(row))
+            .map(|row| Labelled {
+                probabilities: self.heads.stage_probabilities(row),
+                embedding: row.to_vec(),
+            })
             .collect())
     }
 }

@@ -20,5 +20,7 @@ pub use backbone::{
     EngineKind, EMBEDDING_DIM, INPUT_SIZE,
 };
 pub use heads::{Heads, HeadsError};
-pub use image::{prepare, ImageError, ImageLimits, Prepared, Preprocessing, View};
-pub use labeller::{Embedder, Labeller, LabellerError, ModelConfig};
+pub use image::{
+    prepare, prepare_measured, ImageError, ImageLimits, PhotoStats, Prepared, Preprocessing, View,
+};
+pub use labeller::{Embedder, Labelled, Labeller, LabellerError, ModelConfig};

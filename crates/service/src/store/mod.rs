@@ -42,6 +42,8 @@ pub enum StoreError {
 pub enum Endpoint {
     LabelUpload,
     LabelUrl,
+    /// Counted once per labelled photo of the listing.
+    LabelListing,
 }
 
 impl Endpoint {
@@ -49,6 +51,7 @@ impl Endpoint {
         match self {
             Endpoint::LabelUpload => "/labelling/img",
             Endpoint::LabelUrl => "/labelling/url",
+            Endpoint::LabelListing => "/labelling/listing",
         }
     }
 }

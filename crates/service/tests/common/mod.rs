@@ -16,7 +16,7 @@ use photolabel_service::server::app_state;
 use photolabel_service::store::{SqliteStore, Store};
 use photolabel_service::worker::{spawn_worker, Model};
 use photolabel_taxonomy::{Distribution, StageProbabilities};
-use photolabel_vision::{Prepared, Preprocessing, View};
+use photolabel_vision::{Labelled, Prepared, Preprocessing, View};
 use tower::ServiceExt;
 
 pub const IMAGE_400: &str =
@@ -57,6 +57,15 @@ const PREPROCESSING: Preprocessing = Preprocessing {
     flip: false,
 };
 
+/// A stand-in's answer: these probabilities and an empty embedding (which
+/// is like no other, so a listing finds no duplicates among its photos).
+pub fn labelled(probabilities: &StageProbabilities) -> Labelled {
+    Labelled {
+        probabilities: probabilities.clone(),
+        embedding: Vec::new(),
+    }
+}
+
 /// A model that always answers the same probabilities.
 pub struct FixedModel(pub StageProbabilities);
 
@@ -67,8 +76,8 @@ impl Model for FixedModel {
     fn preprocessing(&self) -> Preprocessing {
         PREPROCESSING
     }
-    fn label(&mut self, batch: &[Prepared]) -> Result<Vec<StageProbabilities>, String> {
-        Ok(vec![self.0.clone(); batch.len()])
+    fn label(&mut self, batch: &[Prepared]) -> Result<Vec<Labelled>, String> {
+        Ok(vec![labelled(&self.0); batch.len()])
     }
 }
 
@@ -82,15 +91,17 @@ impl Model for PanickingModel {
     fn preprocessing(&self) -> Preprocessing {
         PREPROCESSING
     }
-    fn label(&mut self, _batch: &[Prepared]) -> Result<Vec<StageProbabilities>, String> {
+    fn label(&mut self, _batch: &[Prepared]) -> Result<Vec<Labelled>, String> {
         panic!("the stand-in model panics on purpose")
     }
 }
 
-/// A model that reports each photo it starts on and then waits for the
-/// test to release it: lets a test hold the worker busy without timing.
+/// A model that reports each photo it starts on (by its measured width, 0
+/// for a single call's photo, which is not measured) and then
+/// waits for the test to release it: lets a test hold the worker busy, and
+/// see which photo it took next, without timing.
 pub struct GateModel {
-    pub entered: tokio::sync::mpsc::UnboundedSender<()>,
+    pub entered: tokio::sync::mpsc::UnboundedSender<u32>,
     pub release: std_mpsc::Receiver<()>,
     pub answer: StageProbabilities,
 }
@@ -102,15 +113,17 @@ impl Model for GateModel {
     fn preprocessing(&self) -> Preprocessing {
         PREPROCESSING
     }
-    fn label(&mut self, batch: &[Prepared]) -> Result<Vec<StageProbabilities>, String> {
-        let _ = self.entered.send(());
+    fn label(&mut self, batch: &[Prepared]) -> Result<Vec<Labelled>, String> {
+        for photo in batch {
+            let _ = self.entered.send(photo.stats.map_or(0, |s| s.width));
+        }
         self.release.recv().map_err(|_| "gate closed".to_owned())?;
-        Ok(vec![self.answer.clone(); batch.len()])
+        Ok(vec![labelled(&self.answer); batch.len()])
     }
 }
 
 pub struct Gate {
-    pub entered: tokio::sync::mpsc::UnboundedReceiver<()>,
+    pub entered: tokio::sync::mpsc::UnboundedReceiver<u32>,
     pub release: std_mpsc::Sender<()>,
 }
 
@@ -209,6 +222,22 @@ impl AppBuilder {
         app
     }
 
+    /// Builds with the real, embedded model, waiting until it is loaded.
+    pub async fn build_real_model(self) -> TestApp {
+        let app = self
+            .build_loading(|| {
+                photolabel_vision::Labeller::load(&photolabel_vision::ModelConfig::default())
+                    .map_err(|e| e.to_string())
+            })
+            .await;
+        let state = app.state.worker.wait_loaded().await;
+        assert!(
+            matches!(state, photolabel_service::worker::ModelState::Ready(_)),
+            "model failed to load: {state:?}"
+        );
+        app
+    }
+
     /// Builds with `model`, waiting until the worker reports it loaded.
     pub async fn build<M: Model>(self, model: M) -> TestApp {
         let app = self.build_loading(move || Ok(model)).await;
@@ -285,7 +314,12 @@ pub fn multipart_body(field: &str, filename: &str, content_type: &str, data: &[u
 }
 
 pub fn upload_request(key: Option<&str>, body: Vec<u8>) -> Request<Body> {
-    let mut builder = Request::post("/labelling/img").header(
+    multipart_request("/labelling/img", key, body)
+}
+
+/// A POST of a multipart body to `path`.
+pub fn multipart_request(path: &str, key: Option<&str>, body: Vec<u8>) -> Request<Body> {
+    let mut builder = Request::post(path).header(
         "content-type",
         format!("multipart/form-data; boundary={BOUNDARY}"),
     );
@@ -303,11 +337,64 @@ pub fn upload(key: Option<&str>, data: &[u8]) -> Request<Body> {
 }
 
 pub fn url_request(key: Option<&str>, json: &str) -> Request<Body> {
-    let mut builder = Request::post("/labelling/url").header("content-type", "application/json");
+    json_request("/labelling/url", key, json)
+}
+
+/// A POST of a JSON body to `path`.
+pub fn json_request(path: &str, key: Option<&str>, json: &str) -> Request<Body> {
+    let mut builder = Request::post(path).header("content-type", "application/json");
     if let Some(key) = key {
         builder = builder.header("x-api-key", key);
     }
     builder.body(Body::from(json.to_owned())).expect("request")
+}
+
+/// The default address policy plus one exception: a test's "public"
+/// server, which lives on 127.0.0.2.
+pub struct AllowOne(pub std::net::IpAddr);
+
+impl photolabel_service::fetch::AddressPolicy for AllowOne {
+    fn allows(&self, ip: std::net::IpAddr) -> bool {
+        ip == self.0 || photolabel_service::fetch::is_public(ip)
+    }
+}
+
+/// A fetcher with the system resolver that treats `ip` as public.
+pub fn fetcher_allowing(ip: std::net::IpAddr) -> photolabel_service::fetch::Fetcher {
+    photolabel_service::fetch::Fetcher::with_parts(
+        photolabel_service::fetch::FetchConfig::default(),
+        Arc::new(photolabel_service::fetch::SystemResolver),
+        Arc::new(AllowOne(ip)),
+    )
+    .expect("fetcher")
+}
+
+/// A `multipart/form-data` body with an `image` field per photo.
+pub fn multipart_photos(photos: &[(&str, &[u8])]) -> Vec<u8> {
+    let mut body = Vec::new();
+    for (filename, data) in photos {
+        body.extend_from_slice(
+            format!(
+                "--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"image\"; \
+                 filename=\"{filename}\"\r\nContent-Type: image/jpeg\r\n\r\n"
+            )
+            .as_bytes(),
+        );
+        body.extend_from_slice(data);
+        body.extend_from_slice(b"\r\n");
+    }
+    body.extend_from_slice(format!("--{BOUNDARY}--\r\n").as_bytes());
+    body
+}
+
+/// `POST /labelling/listing` with a multipart body.
+pub fn listing_upload(key: Option<&str>, body: Vec<u8>) -> Request<Body> {
+    multipart_request("/labelling/listing", key, body)
+}
+
+/// `POST /labelling/listing` with a JSON body.
+pub fn listing_json(key: Option<&str>, json: &str) -> Request<Body> {
+    json_request("/labelling/listing", key, json)
 }
 
 pub fn url_json(url: &str) -> String {
@@ -334,8 +421,14 @@ pub fn fixture(name: &str) -> Vec<u8> {
 
 /// A small real PNG.
 pub fn small_png() -> Vec<u8> {
-    let image =
-        image::RgbImage::from_fn(64, 48, |x, y| image::Rgb([x as u8 * 4, y as u8 * 5, 128]));
+    png_of_width(64)
+}
+
+/// A real PNG `width` pixels wide (and 48 high).
+pub fn png_of_width(width: u32) -> Vec<u8> {
+    let image = image::RgbImage::from_fn(width, 48, |x, y| {
+        image::Rgb([x as u8 * 4, y as u8 * 5, 128])
+    });
     let mut bytes = std::io::Cursor::new(Vec::new());
     image
         .write_to(&mut bytes, image::ImageFormat::Png)

@@ -65,6 +65,11 @@ impl Orientation {
         self.0
     }
 
+    /// Orientations 5–8 turn the photo by a quarter: width and height swap.
+    pub(super) fn swaps_axes(self) -> bool {
+        self.0 >= 5
+    }
+
     fn from_image(orientation: ImageOrientation) -> Self {
         Self(match orientation {
             ImageOrientation::NoTransforms => 1,
@@ -85,6 +90,9 @@ impl Orientation {
 pub(super) struct Decoded {
     pub width: u32,
     pub height: u32,
+    /// The size stored in the file, before any DCT-domain reduction.
+    pub full_width: u32,
+    pub full_height: u32,
     pub layout: Layout,
     pub pixels: Vec<u8>,
     pub orientation: Orientation,
@@ -158,6 +166,7 @@ fn decode_jpeg(bytes: &[u8], limits: &ImageLimits) -> Result<Decoded, ImageError
         .info()
         .ok_or_else(|| ImageError::Decode("JPEG: no frame header".into()))?;
     check_pixels(info.width.into(), info.height.into(), limits)?;
+    let full = (u32::from(info.width), u32::from(info.height));
 
     let denominator = dct_scale_denominator(info.width, info.height);
     if denominator > 1 {
@@ -214,6 +223,8 @@ fn decode_jpeg(bytes: &[u8], limits: &ImageLimits) -> Result<Decoded, ImageError
     Ok(Decoded {
         width,
         height,
+        full_width: full.0,
+        full_height: full.1,
         layout,
         pixels,
         orientation,
@@ -310,6 +321,8 @@ fn finish_image_decode(
     Ok(Decoded {
         width,
         height,
+        full_width: width,
+        full_height: height,
         layout,
         pixels,
         orientation,

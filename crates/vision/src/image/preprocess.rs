@@ -102,14 +102,14 @@ fn resize(decoded: &Decoded, view: View) -> Result<Image<'static>, ImageError> {
 ///
 /// Every EXIF orientation and the mirror are affine maps of the square, so
 /// the source index is `origin + x·step_x + y·step_y`.
-struct PixelWalk {
+pub(super) struct PixelWalk {
     origin: isize,
-    step_x: isize,
+    pub(super) step_x: isize,
     step_y: isize,
 }
 
 impl PixelWalk {
-    fn new(orientation: Orientation, flipped: bool, n: usize) -> Self {
+    pub(super) fn new(orientation: Orientation, flipped: bool, n: usize) -> Self {
         let last = n as isize - 1;
         let n = n as isize;
         // Stored (column, row) of the upright pixel (x, y); formulas follow
@@ -136,7 +136,7 @@ impl PixelWalk {
         }
     }
 
-    fn row_start(&self, y: usize) -> isize {
+    pub(super) fn row_start(&self, y: usize) -> isize {
         self.origin + y as isize * self.step_y
     }
 }

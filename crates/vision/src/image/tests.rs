@@ -675,3 +675,96 @@ fn bench_prepare() {
         }
     }
 }
+
+/// The kitchen fixture enlarged to 1024 px on the longer side: the size
+/// the quality flags are specified at.
+fn kitchen_1024() -> RgbImage {
+    let kitchen = decode_rgb(&fixture("photos/kitchen.jpg"));
+    imageops::resize(&kitchen, 1024, 683, imageops::FilterType::CatmullRom)
+}
+
+fn measured(bytes: &[u8]) -> PhotoStats {
+    prepare_measured(bytes, &ImageLimits::default(), &SQUASH)
+        .expect("prepares")
+        .stats
+        .expect("measured")
+}
+
+fn stats_of(image: &RgbImage) -> PhotoStats {
+    measured(&encode_jpeg(image, 90))
+}
+
+#[test]
+fn only_prepare_measured_measures() {
+    let jpeg = fixture("photos/kitchen.jpg");
+    assert!(prepare_default(&jpeg).expect("prepares").stats.is_none());
+    assert_eq!(measured(&jpeg).width, 576);
+}
+
+#[test]
+fn sharpness_falls_under_the_blurry_line_with_a_two_pixel_blur() {
+    let sharp = kitchen_1024();
+    let blurred = imageops::blur(&sharp, 2.0);
+    let (sharp, blurred) = (stats_of(&sharp), stats_of(&blurred));
+    // The listing's default `blurry` line is 0.25.
+    assert!(sharp.sharpness > 0.3, "sharp: {}", sharp.sharpness);
+    assert!(blurred.sharpness < 0.2, "blurred: {}", blurred.sharpness);
+}
+
+#[test]
+fn exposure_follows_the_pixels() {
+    let photo = kitchen_1024();
+    let mut dark = photo.clone();
+    dark.pixels_mut()
+        .for_each(|p| p.0 = p.0.map(|v| (f32::from(v) * 0.25).round() as u8));
+    let (photo, dark) = (stats_of(&photo), stats_of(&dark));
+    assert!(
+        (0.3..0.7).contains(&photo.brightness),
+        "{}",
+        photo.brightness
+    );
+    assert!(dark.brightness < 0.2, "{}", dark.brightness);
+    assert!(dark.shadows > photo.shadows);
+    let white = stats_of(&RgbImage::from_pixel(300, 200, Rgb([255, 255, 255])));
+    assert_eq!((white.brightness, white.highlights), (1.0, 1.0));
+    // A flat image has no detail to lose: it is not called blurry.
+    assert_eq!(white.sharpness, 1.0);
+}
+
+#[test]
+fn the_hash_survives_copies_and_tells_photos_apart() {
+    let photo = kitchen_1024();
+    let original = stats_of(&photo);
+    let bits = |a: &PhotoStats, b: &PhotoStats| (a.hash ^ b.hash).count_ones();
+    let half = stats_of(&imageops::resize(
+        &photo,
+        512,
+        341,
+        imageops::FilterType::CatmullRom,
+    ));
+    let requality = measured(&encode_jpeg(&photo, 50));
+    assert!(bits(&original, &half) <= 6, "{}", bits(&original, &half));
+    assert!(bits(&original, &requality) <= 6);
+    let other = stats_of(&decode_rgb(&fixture("photos/bedroom.jpg")));
+    assert!(bits(&original, &other) >= 20, "{}", bits(&original, &other));
+    // Sizes are those of the file, not of the DCT-reduced decode.
+    assert_eq!((original.width, original.height), (1024, 683));
+    assert_eq!((half.width, half.height), (512, 341));
+}
+
+#[test]
+fn stats_are_upright_whatever_the_exif_orientation() {
+    let upright = decode_rgb(&fixture("photos/kitchen.jpg"));
+    let reference = stats_of(&upright);
+    for orientation in 1..=8u16 {
+        let stored = encode_jpeg(&stored_for_orientation(&upright, orientation), 90);
+        let tagged = measured(&with_jpeg_orientation(&stored, orientation));
+        assert_eq!(
+            (tagged.width, tagged.height),
+            (upright.width(), upright.height()),
+            "orientation {orientation}"
+        );
+        let bits = (tagged.hash ^ reference.hash).count_ones();
+        assert!(bits <= 6, "orientation {orientation}: {bits} bits");
+    }
+}
