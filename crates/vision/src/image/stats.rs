@@ -50,7 +50,7 @@ pub struct PhotoStats {
     pub height: u32,
     /// How much of the finest detail survives: the variance of the
     /// Laplacian at the working scale divided by that at half the working
-    /// scale. Photos in focus measure about 0.3–0.8; a Gaussian blur of
+    /// scale, each less what rounding to 8 bits alone contributes. Photos in focus measure about 0.3–0.8; a Gaussian blur of
     /// σ = 2 px on a 1024 px photo brings them under 0.2. A variance ratio
     /// rather than the raw variance, because the raw variance mostly
     /// measures how much texture the scene has (a white wall against a
