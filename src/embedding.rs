@@ -130,7 +130,12 @@ impl EmbeddingCache {
             for v in &embedding.views {
                 writer.write_all(&v.to_le_bytes())?;
             }
-            self.entries.insert(key, embedding.clone());
+            // As a record read back from the file would be: no stats.
+            let stored = PhotoEmbedding {
+                views: embedding.views.clone(),
+                stats: None,
+            };
+            self.entries.insert(key, stored);
         }
         Ok(())
     }
@@ -181,12 +186,13 @@ fn read_entries(mut reader: impl Read, entries: &mut HashMap<String, PhotoEmbedd
 }
 
 /// Reads and prepares one photo file (or its augmented copy), with the
-/// command line's size cap.
+/// command line's size cap; with `measure`, also its [`PhotoStats`].
 pub fn prepare_file(
     path: &Path,
     limits: &ImageLimits,
     preprocessing: &Preprocessing,
     variant: Variant,
+    measure: bool,
 ) -> Result<Prepared, String> {
     let metadata = std::fs::metadata(path).map_err(|e| e.to_string())?;
     if !metadata.is_file() {
@@ -197,10 +203,8 @@ pub fn prepare_file(
     }
     let bytes = std::fs::read(path).map_err(|e| e.to_string())?;
     match variant {
-        // The photos of `label` and `listing`: measured, for the listing
-        // analysis (1.4 ms a photo; `label` does not need it but shares the
-        // pipeline).
-        Variant::Photo => prepare_measured(&bytes, limits, preprocessing),
+        Variant::Photo if measure => prepare_measured(&bytes, limits, preprocessing),
+        Variant::Photo => prepare(&bytes, limits, preprocessing),
         Variant::Augmented(seed) => augment(&bytes, seed, limits).and_then(|copy| {
             let one_view = Preprocessing {
                 flip: false,
@@ -225,13 +229,15 @@ pub fn progress_bar(len: usize, what: &str) -> ProgressBar {
 
 /// Embeds every photo, in order. Decoding runs on one thread per core while
 /// each embedder (model replica) runs on a thread of its own; cached photos
-/// are not decoded at all.
+/// are not decoded at all. With `measure`, decoded photos also get their
+/// [`PhotoStats`] (1.4 ms a photo, which only `listing` needs).
 pub fn embed_photos(
     embedders: Vec<&mut Embedder>,
     photos: &[PhotoRef<'_>],
     limits: &ImageLimits,
     cache: &mut EmbeddingCache,
     progress: &ProgressBar,
+    measure: bool,
 ) -> anyhow::Result<Vec<EmbeddingResult>> {
     let Some(preprocessing) = embedders.first().map(|e| e.preprocessing()) else {
         anyhow::bail!("no model to embed the photos with");
@@ -262,7 +268,10 @@ pub fn embed_photos(
             scope.spawn(move || {
                 for (i, path, variant) in job_rx {
                     if done_tx
-                        .send((i, prepare_file(&path, limits, &preprocessing, variant)))
+                        .send((
+                            i,
+                            prepare_file(&path, limits, &preprocessing, variant, measure),
+                        ))
                         .is_err()
                     {
                         return;
@@ -326,12 +335,14 @@ pub fn embed_photos(
         .collect())
 }
 
-/// Embeds photo files for `label` and `listing`: no cache (a user's photos
-/// are labelled once), a progress bar on stderr. One result per file.
+/// Embeds photo files for `label` and `listing` (which `measure`s them):
+/// no cache (a user's photos are labelled once), a progress bar on stderr.
+/// One result per file.
 pub fn embed_files<P: AsRef<Path>>(
     labellers: &mut [photolabel_vision::Labeller],
     files: &[P],
     limits: &ImageLimits,
+    measure: bool,
 ) -> anyhow::Result<Vec<EmbeddingResult>> {
     let keys: Vec<String> = files
         .iter()
@@ -356,6 +367,7 @@ pub fn embed_files<P: AsRef<Path>>(
         limits,
         &mut EmbeddingCache::disabled(),
         &progress,
+        measure,
     )?;
     progress.finish_and_clear();
     Ok(embeddings)
@@ -387,7 +399,7 @@ pub fn embed_labelled(
         })
         .collect();
     let progress = progress_bar(refs.len(), what);
-    let results = embed_photos(vec![embedder], &refs, limits, &mut cache, &progress)?;
+    let results = embed_photos(vec![embedder], &refs, limits, &mut cache, &progress, false)?;
     progress.finish_and_clear();
     Ok(results)
 }

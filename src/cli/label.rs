@@ -83,7 +83,7 @@ pub fn run(args: LabelArgs) -> anyhow::Result<std::process::ExitCode> {
     };
     let files = collect_photos(&args.paths);
     let keys: Vec<String> = files.iter().map(|p| p.display().to_string()).collect();
-    let embeddings = embed_files(labellers, &files, &args.model.limits())?;
+    let embeddings = embed_files(labellers, &files, &args.model.limits(), false)?;
 
     let results: Vec<Result<Label, String>> = embeddings
         .into_iter()

@@ -129,7 +129,7 @@ pub fn run(args: ListingArgs) -> anyhow::Result<std::process::ExitCode> {
     // Every photo of every listing goes through the model in one pipelined
     // run; only embeddings (5 KB a photo) are kept, never decoded pixels.
     let files: Vec<&PathBuf> = listings.iter().flat_map(|l| &l.files).collect();
-    let embeddings = embed_files(&mut labellers, &files, &args.model.limits())?;
+    let embeddings = embed_files(&mut labellers, &files, &args.model.limits(), true)?;
 
     let heads = labellers[0].heads();
     let mut embeddings = embeddings.into_iter();

@@ -95,26 +95,25 @@ pub fn analyse(photos: &[PhotoFacts], config: &ListingConfig) -> Analysis {
         // Among copies of equal quality, keep the one most like the others:
         // the common ancestor of re-encodes, crops and watermarks, which a
         // watermark's sharp text would otherwise beat on sharpness.
-        let typicality: Vec<f32> = group
+        let mut ranked: Vec<(usize, f32)> = group
             .iter()
             .map(|&i| {
-                group
+                let typicality = group
                     .iter()
                     .map(|&j| duplicates::cosine(&photos[i].embedding, &photos[j].embedding))
-                    .sum()
+                    .sum();
+                (i, typicality)
             })
             .collect();
-        let typical = |i: usize| typicality[group.iter().position(|&g| g == i).unwrap_or(0)];
-        let mut sorted = group.clone();
-        sorted.sort_by(|&a, &b| {
+        ranked.sort_by(|&(a, typical_a), &(b, typical_b)| {
             quality::better_by_flags_and_size(
                 (&photos[a].stats, &flags[a]),
                 (&photos[b].stats, &flags[b]),
             )
-            .then_with(|| typical(b).total_cmp(&typical(a)))
+            .then_with(|| typical_b.total_cmp(&typical_a))
             .then_with(|| quality_order(a, b))
         });
-        *group = sorted;
+        *group = ranked.into_iter().map(|(i, _)| i).collect();
         for &other in &group[1..] {
             duplicate_of[other] = Some(group[0]);
         }
@@ -285,6 +284,22 @@ pub(crate) mod tests {
         assert_eq!(analysis.duplicates, vec![vec![1, 2, 0]]);
         assert_eq!(analysis.duplicate_of, vec![Some(1), None, Some(1)]);
         assert_eq!(analysis.order, vec![1, 2, 0]);
+    }
+
+    #[test]
+    fn among_equal_copies_the_most_typical_is_kept_not_the_sharpest() {
+        let mut photos = vec![
+            photo("kitchen", 1),
+            photo("kitchen", 1),
+            photo("kitchen", 1),
+        ];
+        photos[1].embedding[2] = 0.05;
+        // A watermarked copy: its text makes it the sharpest, its embedding
+        // the odd one out.
+        photos[2].embedding[2] = 0.3;
+        photos[2].stats.sharpness = 0.9;
+        let analysis = analyse(&photos, &ListingConfig::default());
+        assert_eq!(analysis.duplicates, vec![vec![1, 0, 2]]);
     }
 
     #[test]

@@ -6,6 +6,8 @@
 //! camera photo and of a 1024 px portal copy of it can be compared: the gray
 //! image is reduced to a longer side of at most [`WORKING_SIDE`] pixels.
 
+use std::borrow::Cow;
+
 use fast_image_resize::images::{Image, ImageRef};
 use fast_image_resize::{FilterType, PixelType, ResizeAlg, ResizeOptions, Resizer};
 use serde::{Deserialize, Serialize};
@@ -20,7 +22,8 @@ use super::ImageError;
 pub const WORKING_SIDE: u32 = 512;
 /// Side of the gray square the perceptual hash is computed from.
 const HASH_SIDE: usize = 32;
-/// Share of each side left out of the hash.
+/// Share of each side left out of the hash: where banners, logos and
+/// crops change a copy.
 const HASH_MARGIN: f64 = 0.1;
 /// The hash keeps the lowest 8×8 frequencies of that square.
 const HASH_FREQUENCIES: usize = 8;
@@ -62,9 +65,10 @@ pub struct PhotoStats {
     pub shadows: f32,
     /// Share of pixels with luma ≥ 247 of 255.
     pub highlights: f32,
-    /// A 64-bit perceptual hash (DCT hash of the upright photo squashed to
-    /// 32×32): re-encoding, resizing and brightness changes move it by few
-    /// bits, a different photo by about half of them.
+    /// A 64-bit perceptual hash (DCT hash of the centre 80 % of the upright
+    /// photo squashed to 32×32): re-encoding, resizing, brightness changes
+    /// and watermarks at the margins move it by few bits, a different photo
+    /// by about half of them.
     pub hash: u64,
 }
 
@@ -78,15 +82,20 @@ pub(super) fn measure(decoded: &Decoded) -> Result<PhotoStats, ImageError> {
         ((f64::from(height) * scale).round() as u32).max(1),
     );
     let working = if (ww, wh) == (width, height) {
-        gray.clone()
+        gray.into_owned()
     } else {
-        resize_gray(&gray, width, height, ww, wh)?
+        resize_gray(&gray, (width, height), (ww, wh), 0.0)?
     };
     let (brightness, shadows, highlights) = exposure(&working);
     // From the working image, not the full decode: the 32×32 square only
     // needs low frequencies, and resizing from ≤ 512 px is a fraction of
     // the work.
-    let small = hash_square(&working, ww, wh)?;
+    let small = resize_gray(
+        &working,
+        (ww, wh),
+        (HASH_SIDE as u32, HASH_SIDE as u32),
+        HASH_MARGIN,
+    )?;
     let upright = orient_square(&small, decoded);
     let swapped = decoded.orientation.swaps_axes();
     let (full_w, full_h) = (decoded.full_width, decoded.full_height);
@@ -101,10 +110,10 @@ pub(super) fn measure(decoded: &Decoded) -> Result<PhotoStats, ImageError> {
     })
 }
 
-/// Rec. 601 luma, as Pillow's `convert('L')`.
-fn luma(decoded: &Decoded) -> Vec<u8> {
+/// Rec. 601 luma, as Pillow's `convert('L')`; a gray photo as it is.
+fn luma(decoded: &Decoded) -> Cow<'_, [u8]> {
     match decoded.layout {
-        Layout::Gray => decoded.pixels.clone(),
+        Layout::Gray => Cow::Borrowed(&decoded.pixels),
         Layout::Rgb => decoded
             .pixels
             .chunks_exact(3)
@@ -112,43 +121,35 @@ fn luma(decoded: &Decoded) -> Vec<u8> {
                 let y = 299 * u32::from(p[0]) + 587 * u32::from(p[1]) + 114 * u32::from(p[2]);
                 ((y + 500) / 1000) as u8
             })
-            .collect(),
+            .collect::<Vec<u8>>()
+            .into(),
     }
 }
 
-fn resize_gray(gray: &[u8], w: u32, h: u32, to_w: u32, to_h: u32) -> Result<Vec<u8>, ImageError> {
-    let source = ImageRef::new(w, h, gray, PixelType::U8)
+/// Resizes a gray image of `from` pixels to `to`, leaving out `margin` of
+/// each side (0 for the whole image).
+fn resize_gray(
+    gray: &[u8],
+    from: (u32, u32),
+    to: (u32, u32),
+    margin: f64,
+) -> Result<Vec<u8>, ImageError> {
+    let source = ImageRef::new(from.0, from.1, gray, PixelType::U8)
         .map_err(|e| ImageError::Decode(format!("internal: gray buffer: {e}")))?;
-    let mut resized = Image::new(to_w, to_h, PixelType::U8);
-    Resizer::new()
-        .resize(
-            &source,
-            &mut resized,
-            &ResizeOptions::new().resize_alg(ResizeAlg::Convolution(FilterType::CatmullRom)),
-        )
-        .map_err(|e| ImageError::Decode(format!("internal: resize: {e}")))?;
-    Ok(resized.into_vec())
-}
-
-/// The centre of the photo squashed to `HASH_SIDE`²: the margins are left
-/// out because that is where banners, logos and crops change a copy.
-fn hash_square(gray: &[u8], w: u32, h: u32) -> Result<Vec<u8>, ImageError> {
-    let source = ImageRef::new(w, h, gray, PixelType::U8)
-        .map_err(|e| ImageError::Decode(format!("internal: gray buffer: {e}")))?;
-    let (fw, fh) = (f64::from(w), f64::from(h));
+    let (w, h) = (f64::from(from.0), f64::from(from.1));
     let options = ResizeOptions::new()
         .resize_alg(ResizeAlg::Convolution(FilterType::CatmullRom))
         .crop(
-            fw * HASH_MARGIN,
-            fh * HASH_MARGIN,
-            fw * (1.0 - 2.0 * HASH_MARGIN),
-            fh * (1.0 - 2.0 * HASH_MARGIN),
+            w * margin,
+            h * margin,
+            w * (1.0 - 2.0 * margin),
+            h * (1.0 - 2.0 * margin),
         );
-    let mut square = Image::new(HASH_SIDE as u32, HASH_SIDE as u32, PixelType::U8);
+    let mut resized = Image::new(to.0, to.1, PixelType::U8);
     Resizer::new()
-        .resize(&source, &mut square, &options)
+        .resize(&source, &mut resized, &options)
         .map_err(|e| ImageError::Decode(format!("internal: resize: {e}")))?;
-    Ok(square.into_vec())
+    Ok(resized.into_vec())
 }
 
 fn exposure(gray: &[u8]) -> (f32, f32, f32) {
