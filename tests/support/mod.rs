@@ -1,8 +1,10 @@
 //! What the tests that run the real `photolabel` binary share: a free port,
 //! a key, and a `serve` process that is killed when the test ends (also when
-//! it panics).
+//! it panics). Not every test binary uses every helper.
+#![allow(dead_code)]
 
-use std::net::TcpListener;
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -19,8 +21,15 @@ pub fn free_port() -> u16 {
 
 /// `photolabel keys create --name NAME`: the key, which is all it prints.
 pub fn create_key(data_dir: &Path, name: &str) -> String {
+    create_key_with(data_dir, name, &[])
+}
+
+/// `photolabel keys create --name NAME ARGS…` (`--rate-limit`, `--quota`).
+pub fn create_key_with(data_dir: &Path, name: &str, args: &[&str]) -> String {
     let created = Command::new(BIN)
-        .args(["keys", "create", "--name", name, "--data-dir"])
+        .args(["keys", "create", "--name", name])
+        .args(args)
+        .arg("--data-dir")
         .arg(data_dir)
         .output()
         .expect("run keys create");
@@ -82,4 +91,36 @@ impl Drop for Serving {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
+}
+
+/// One HTTP/1.1 exchange over a fresh connection; returns status and body.
+pub fn http(
+    port: u16,
+    method: &str,
+    path: &str,
+    headers: &[(&str, String)],
+    body: &[u8],
+) -> std::io::Result<(u16, String)> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port))?;
+    stream.set_read_timeout(Some(Duration::from_secs(120)))?;
+    let mut request = format!("{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\nContent-Length: {}\r\n", body.len());
+    for (name, value) in headers {
+        request.push_str(&format!("{name}: {value}\r\n"));
+    }
+    request.push_str("\r\n");
+    stream.write_all(request.as_bytes())?;
+    stream.write_all(body)?;
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response)?;
+    let text = String::from_utf8_lossy(&response).into_owned();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    Ok((status, body))
 }

@@ -29,6 +29,7 @@ use crate::lockout::BadKeyLockout;
 use crate::openapi;
 use crate::store::{Endpoint, Recorded, Store};
 use crate::telemetry::log_requests;
+use crate::ui;
 use crate::worker::{ModelState, WorkerHandle};
 
 /// Largest JSON body `POST /labelling/url` reads; a URL is at most a few KB.
@@ -46,6 +47,8 @@ pub struct AppState {
     pub rate_limiter: RateLimiter,
     pub bad_keys: BadKeyLockout,
     pub metrics: PrometheusHandle,
+    /// Whether `GET /` serves the web page (`--no-ui` turns it off).
+    pub ui: bool,
 }
 
 /// The whole HTTP API.
@@ -56,7 +59,11 @@ pub fn router(state: Arc<AppState>) -> Router {
 
 /// The routes, without the cross-cutting layers.
 pub fn routes(state: Arc<AppState>) -> Router {
-    Router::new()
+    let mut routes = Router::new();
+    if state.ui {
+        routes = routes.merge(ui::router());
+    }
+    routes
         .route("/labelling/img", post(label_upload))
         .route("/labelling/url", post(label_url))
         .route(LISTING_PATH, post(label_listing))

@@ -102,8 +102,11 @@ impl FromRequestParts<Arc<AppState>> for LabellingCaller {
             }
         }
         if let Some(per_minute) = record.rate_limit_per_minute {
-            if !state.rate_limiter.try_acquire(record.id, per_minute) {
-                return Err(ApiError::RateLimited { per_minute });
+            if let Err(retry_after_s) = state.rate_limiter.try_acquire(record.id, per_minute) {
+                return Err(ApiError::RateLimited {
+                    per_minute,
+                    retry_after_s,
+                });
             }
         }
         Ok(LabellingCaller(record))
@@ -125,11 +128,13 @@ struct Bucket {
 }
 
 impl RateLimiter {
-    pub fn try_acquire(&self, key_id: i64, per_minute: u32) -> bool {
+    /// Takes a token from the key's bucket, or says in how many whole
+    /// seconds the next one will be there (for `Retry-After`).
+    pub fn try_acquire(&self, key_id: i64, per_minute: u32) -> Result<(), u64> {
         self.try_acquire_at(key_id, per_minute, Instant::now())
     }
 
-    fn try_acquire_at(&self, key_id: i64, per_minute: u32, now: Instant) -> bool {
+    fn try_acquire_at(&self, key_id: i64, per_minute: u32, now: Instant) -> Result<(), u64> {
         let capacity = f64::from(per_minute);
         let mut buckets = self
             .buckets
@@ -144,9 +149,11 @@ impl RateLimiter {
         bucket.updated = now;
         if bucket.tokens >= 1.0 {
             bucket.tokens -= 1.0;
-            true
+            Ok(())
         } else {
-            false
+            let wait_s = (1.0 - bucket.tokens) * 60.0 / capacity;
+            // At least 1: a client told "0" would retry at once and fail again.
+            Err((wait_s.ceil() as u64).max(1))
         }
     }
 }
@@ -160,13 +167,19 @@ mod tests {
     fn bucket_bursts_then_refills() {
         let limiter = RateLimiter::default();
         let t0 = Instant::now();
-        assert!(limiter.try_acquire_at(1, 2, t0));
-        assert!(limiter.try_acquire_at(1, 2, t0));
-        assert!(!limiter.try_acquire_at(1, 2, t0));
+        assert_eq!(limiter.try_acquire_at(1, 2, t0), Ok(()));
+        assert_eq!(limiter.try_acquire_at(1, 2, t0), Ok(()));
+        // 2/min: one token every 30 s, so the wait is 30 s.
+        assert_eq!(limiter.try_acquire_at(1, 2, t0), Err(30));
         // Another key has its own bucket.
-        assert!(limiter.try_acquire_at(2, 2, t0));
-        // 2/min: one token every 30 s.
-        assert!(!limiter.try_acquire_at(1, 2, t0 + Duration::from_secs(29)));
-        assert!(limiter.try_acquire_at(1, 2, t0 + Duration::from_secs(31)));
+        assert_eq!(limiter.try_acquire_at(2, 2, t0), Ok(()));
+        assert_eq!(
+            limiter.try_acquire_at(1, 2, t0 + Duration::from_secs(29)),
+            Err(1)
+        );
+        assert_eq!(
+            limiter.try_acquire_at(1, 2, t0 + Duration::from_secs(31)),
+            Ok(())
+        );
     }
 }

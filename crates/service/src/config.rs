@@ -196,6 +196,10 @@ pub struct ServeArgs {
     )]
     pub bad_key_max_addresses: usize,
 
+    /// Do not serve the web page at `GET /` (the API is unchanged).
+    #[arg(long, env = "PHOTOLABEL_NO_UI", default_value_t = false)]
+    pub no_ui: bool,
+
     /// Seconds in-flight requests get to finish after SIGTERM or Ctrl-C.
     #[arg(long, env = "PHOTOLABEL_SHUTDOWN_GRACE", default_value_t = 30)]
     pub shutdown_grace: u64,

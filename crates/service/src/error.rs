@@ -54,7 +54,11 @@ pub enum ApiError {
     #[error("request field `{}` missing or malformed", .0.name())]
     MissingField(MissingField),
     #[error("rate limit of {per_minute} requests per minute reached")]
-    RateLimited { per_minute: u32 },
+    RateLimited {
+        per_minute: u32,
+        /// Until the key's next request is allowed.
+        retry_after_s: u64,
+    },
     #[error("quota of {quota} calls used up")]
     QuotaExhausted { quota: u64 },
     /// The client address sent too many invalid keys (see [`crate::lockout`]).
@@ -86,7 +90,8 @@ impl ApiError {
     pub fn retry_after(&self) -> Option<u64> {
         match self {
             ApiError::Overloaded | ApiError::NotReady | ApiError::RequestTimeout => Some(1),
-            ApiError::AddressLockedOut { retry_after_s } => Some(*retry_after_s),
+            ApiError::AddressLockedOut { retry_after_s }
+            | ApiError::RateLimited { retry_after_s, .. } => Some(*retry_after_s),
             _ => None,
         }
     }
@@ -133,7 +138,7 @@ impl ApiError {
                     "type": "value_error.missing",
                 }]
             }),
-            ApiError::RateLimited { per_minute } => json!({
+            ApiError::RateLimited { per_minute, .. } => json!({
                 "detail": format!(
                     "Rate limit exceeded: this key may make {per_minute} requests per minute"
                 )

@@ -16,6 +16,7 @@
 //! - [`fetch`]: downloading images for `/labelling/url` without SSRF.
 //! - [`listing`]: `POST /labelling/listing`, a whole listing at once.
 //! - [`limits`]: body size and timeouts; [`server`]: listener and shutdown.
+//! - [`ui`]: the web page at `GET /`.
 
 pub mod api;
 pub mod auth;
@@ -32,6 +33,7 @@ pub mod openapi;
 pub mod server;
 pub mod store;
 pub mod telemetry;
+pub mod ui;
 pub mod worker;
 
 pub use cli::{keys_main, run_keys};

@@ -269,13 +269,19 @@ impl ListingRun {
         self.tasks.spawn(async move {
             let _permit = permit;
             // The request's own rate-limit token paid for the first photo.
-            let result = match rate {
-                Some(per_minute)
-                    if index > 0 && !state.rate_limiter.try_acquire(key_id, per_minute) =>
-                {
-                    Err(ApiError::RateLimited { per_minute })
-                }
-                _ => label_photo(&state, source).await,
+            let token = match rate {
+                Some(per_minute) if index > 0 => state
+                    .rate_limiter
+                    .try_acquire(key_id, per_minute)
+                    .map_err(|retry_after_s| ApiError::RateLimited {
+                        per_minute,
+                        retry_after_s,
+                    }),
+                _ => Ok(()),
+            };
+            let result = match token {
+                Ok(()) => label_photo(&state, source).await,
+                Err(refused) => Err(refused),
             };
             (index, result)
         });

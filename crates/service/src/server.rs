@@ -232,6 +232,7 @@ pub fn app_state(
         rate_limiter: RateLimiter::default(),
         bad_keys: BadKeyLockout::new(args.lockout_config()),
         metrics: telemetry::prometheus(),
+        ui: !args.no_ui,
     })
 }
 

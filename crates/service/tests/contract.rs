@@ -10,6 +10,7 @@ use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use common::*;
 use photolabel_service::worker::ModelState;
+use tower::ServiceExt;
 
 async fn fixed_app(answer: photolabel_taxonomy::StageProbabilities) -> TestApp {
     AppBuilder::new().build(FixedModel(answer)).await
@@ -477,11 +478,27 @@ async fn rate_limit_gives_429() {
         let (status, _) = app.send(upload(Some(&key), &fixture("kitchen.jpg"))).await;
         assert_eq!(status, StatusCode::OK);
     }
-    let (status, body) = app.send(upload(Some(&key), &fixture("kitchen.jpg"))).await;
-    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+    let refused = app
+        .router
+        .clone()
+        .oneshot(upload(Some(&key), &fixture("kitchen.jpg")))
+        .await
+        .expect("infallible");
+    assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
+    // 2 per minute: the next token comes within 30 s.
+    let wait: u64 = refused
+        .headers()
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+        .expect("a Retry-After in seconds");
+    assert!((1..=30).contains(&wait), "Retry-After {wait}");
+    let body = axum::body::to_bytes(refused.into_body(), usize::MAX)
+        .await
+        .expect("body");
     assert_eq!(
         body,
-        r#"{"detail":"Rate limit exceeded: this key may make 2 requests per minute"}"#
+        r#"{"detail":"Rate limit exceeded: this key may make 2 requests per minute"}"#.as_bytes()
     );
     // Another key is not affected.
     let other = app.create_key("other", Some(2), None).await;
@@ -730,6 +747,87 @@ async fn swagger_ui_is_served_from_the_binary() {
         assert_eq!(status, StatusCode::OK);
         assert!(body.len() > 10_000, "{asset}");
     }
+}
+
+#[tokio::test]
+async fn the_page_is_served_with_a_strict_csp() {
+    let app = fixed_app(indoor_probabilities()).await;
+    let response = app
+        .router
+        .clone()
+        .oneshot(get("/", None))
+        .await
+        .expect("infallible");
+    assert_eq!(response.status(), StatusCode::OK);
+    let headers = response.headers().clone();
+    assert_eq!(headers["content-type"], "text/html; charset=utf-8");
+    let csp = headers["content-security-policy"].to_str().expect("ascii");
+    for directive in [
+        "default-src 'self'",
+        "script-src 'self'",
+        "style-src 'self'",
+        "object-src 'none'",
+        "frame-ancestors 'none'",
+    ] {
+        assert!(csp.contains(directive), "{directive} in {csp}");
+    }
+    assert!(!csp.contains("unsafe"), "{csp}");
+    assert_eq!(headers["x-frame-options"], "DENY");
+    assert_eq!(headers["referrer-policy"], "no-referrer");
+    let html = axum::body::to_bytes(response.into_body(), usize::MAX)
+        .await
+        .expect("body");
+    let html = String::from_utf8_lossy(&html);
+    // Every script is a file of this origin: no inline code, no CDN.
+    assert_eq!(html.matches("<script").count(), 1, "{html}");
+    assert!(html.contains(r#"<script type="module" src="/ui/app.js"></script>"#));
+    // No inline event handler (` onclick=`, ` onload=`, …) anywhere.
+    let handlers: Vec<&str> = html
+        .split(' ')
+        .filter(|word| {
+            word.strip_prefix("on")
+                .and_then(|rest| rest.split_once('='))
+                .is_some_and(|(name, _)| {
+                    !name.is_empty() && name.chars().all(|c| c.is_ascii_lowercase())
+                })
+        })
+        .collect();
+    assert!(handlers.is_empty(), "inline handlers: {handlers:?}");
+    // Nothing loaded from another origin (the URL field's placeholder is
+    // only text).
+    for attribute in ["src=\"http", "href=\"http", "src=\"//", "href=\"//"] {
+        assert!(!html.contains(attribute), "{attribute}");
+    }
+    for (asset, kind) in [
+        ("/ui/app.js", "text/javascript; charset=utf-8"),
+        ("/ui/app.css", "text/css; charset=utf-8"),
+        ("/ui/icon.svg", "image/svg+xml"),
+    ] {
+        let response = app
+            .router
+            .clone()
+            .oneshot(get(asset, None))
+            .await
+            .expect("infallible");
+        assert_eq!(response.status(), StatusCode::OK, "{asset}");
+        assert_eq!(response.headers()["content-type"], kind, "{asset}");
+    }
+}
+
+#[tokio::test]
+async fn no_ui_leaves_the_page_out() {
+    let app = AppBuilder::new()
+        .args(|args| args.no_ui = true)
+        .build(FixedModel(indoor_probabilities()))
+        .await;
+    for path in ["/", "/ui/app.js"] {
+        let (status, body) = app.send(get(path, None)).await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{path}");
+        assert_eq!(body, r#"{"detail":"Not Found"}"#);
+    }
+    // The API is unchanged.
+    let (status, _) = app.send(get("/health", None)).await;
+    assert_eq!(status, StatusCode::OK);
 }
 
 #[tokio::test]
