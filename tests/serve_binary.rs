@@ -5,19 +5,11 @@
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpListener;
-use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 mod support;
-use support::{create_key, free_port, http, Serving};
-
-fn fixture(name: &str) -> Vec<u8> {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/photos")
-        .join(name);
-    std::fs::read(path).expect("fixture photo")
-}
+use support::{create_key, fixture, free_port, http, upload, Serving};
 
 /// Serves `bytes` as a JPEG to every connection, on a thread.
 fn image_server(bytes: Vec<u8>) -> u16 {
@@ -51,24 +43,12 @@ fn serve_labels_uploads_and_urls() {
         matches!(http(port, "GET", "/health", &[], b""), Ok((200, _)))
     });
 
-    let boundary = "serve-binary-test-boundary";
-    let mut body = format!(
-        "--{boundary}\r\nContent-Disposition: form-data; name=\"image\"; filename=\"kitchen.jpg\"\r\nContent-Type: image/jpeg\r\n\r\n"
-    )
-    .into_bytes();
-    body.extend(fixture("kitchen.jpg"));
-    body.extend(format!("\r\n--{boundary}--\r\n").into_bytes());
+    let (content_type, body) = upload(&fixture("kitchen.jpg"));
     let (status, answer) = http(
         port,
         "POST",
         "/labelling/img",
-        &[
-            ("x-api-key", key.clone()),
-            (
-                "Content-Type",
-                format!("multipart/form-data; boundary={boundary}"),
-            ),
-        ],
+        &[("x-api-key", key.clone()), ("Content-Type", content_type)],
         &body,
     )
     .expect("upload");

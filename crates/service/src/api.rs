@@ -19,7 +19,7 @@ use photolabel_vision::{
 };
 use tower_http::catch_panic::CatchPanicLayer;
 
-use crate::auth::{Caller, LabellingCaller, RateLimiter};
+use crate::auth::{Caller, LabellingCaller};
 use crate::docs;
 use crate::error::{ApiError, MissingField};
 use crate::fetch::Fetcher;
@@ -44,7 +44,6 @@ pub struct AppState {
     pub rules: DecisionRules,
     pub body_limits: BodyLimits,
     pub listing: ListingLimits,
-    pub rate_limiter: RateLimiter,
     pub bad_keys: BadKeyLockout,
     pub metrics: PrometheusHandle,
     /// Whether `GET /` serves the web page (`--no-ui` turns it off).
@@ -316,12 +315,7 @@ pub(crate) async fn record_call(
     key_id: i64,
     endpoint: Endpoint,
 ) -> Result<(), ApiError> {
-    match state
-        .store
-        .record_success(key_id, endpoint)
-        .await
-        .map_err(ApiError::internal)?
-    {
+    match state.store.record_success(key_id, endpoint).await? {
         Recorded::Counted(_) => Ok(()),
         Recorded::QuotaExhausted => {
             let quota = state
@@ -356,50 +350,49 @@ pub(crate) async fn credit(
     let usage = state
         .store
         .usage(caller.id)
-        .await
-        .map_err(ApiError::internal)?
+        .await?
         .ok_or(ApiError::InvalidKey)?;
     Ok(Json(usage).into_response())
 }
 
-/// Readiness: 200 once the model is loaded, 503 before.
+/// Readiness: 200 once the model is loaded and the key database answers,
+/// 503 otherwise (with the reason), so a load balancer sends no traffic to
+/// a replica that would refuse it.
 #[utoipa::path(
     get,
     path = "/health",
     tag = "operations",
     responses(
         (status = 200, description = "Ready", body = openapi::Health),
-        (status = 503, description = "Model loading or failed", body = openapi::Health),
+        (status = 503, description = "Model loading or failed, or the key database unreachable", body = openapi::Health),
     )
 )]
 pub(crate) async fn health(State(state): State<Arc<AppState>>) -> Response {
-    let (status, health) = match state.worker.state() {
-        ModelState::Ready(info) => (
-            StatusCode::OK,
-            openapi::Health {
-                status: "ok".into(),
-                engine: Some(info.engine),
-                replicas: Some(info.replicas),
-            },
-        ),
-        ModelState::Loading => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            openapi::Health {
-                status: "loading".into(),
-                engine: None,
-                replicas: None,
-            },
-        ),
-        ModelState::Failed(_) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            openapi::Health {
-                status: "failed".into(),
-                engine: None,
-                replicas: None,
-            },
-        ),
+    let not_ready = |status: &str, reason: Option<String>| {
+        let health = openapi::Health {
+            status: status.into(),
+            engine: None,
+            replicas: None,
+            reason,
+        };
+        (StatusCode::SERVICE_UNAVAILABLE, Json(health)).into_response()
     };
-    (status, Json(health)).into_response()
+    let info = match state.worker.state() {
+        ModelState::Ready(info) => info,
+        ModelState::Loading => return not_ready("loading", None),
+        ModelState::Failed(_) => return not_ready("failed", None),
+    };
+    if let Err(e) = state.store.ping().await {
+        tracing::warn!(error = %e, "health: the key database does not answer");
+        return not_ready("database_unreachable", Some(e.to_string()));
+    }
+    let health = openapi::Health {
+        status: "ok".into(),
+        engine: Some(info.engine),
+        replicas: Some(info.replicas),
+        reason: None,
+    };
+    (StatusCode::OK, Json(health)).into_response()
 }
 
 /// Prometheus metrics.

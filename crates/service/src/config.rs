@@ -30,10 +30,23 @@ pub struct StoreArgs {
     )]
     pub data_dir: PathBuf,
 
-    /// Database URL overriding `--data-dir` (only `sqlite:` URLs are
-    /// supported for now, e.g. `sqlite:///var/lib/photolabel/keys.db`).
+    /// Database URL overriding `--data-dir`: `sqlite:///var/lib/photolabel/keys.db`
+    /// for one machine, or `postgres://user@host:5432/db` for several
+    /// replicas sharing keys, quotas and rate limits (its tables are created
+    /// at start-up). Credentials in the URL are never logged.
     #[arg(long, env = "PHOTOLABEL_DATABASE_URL", global = true)]
     pub database_url: Option<String>,
+
+    /// Most connections to PostgreSQL per process (one is held per request
+    /// only while its statement runs).
+    #[arg(
+        long,
+        env = "PHOTOLABEL_DATABASE_MAX_CONNECTIONS",
+        default_value_t = 10,
+        global = true,
+        value_parser = clap::value_parser!(u32).range(1..)
+    )]
+    pub database_max_connections: u32,
 }
 
 /// The listing analysis' settings, shared by `photolabel listing` and

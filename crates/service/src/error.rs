@@ -68,6 +68,10 @@ pub enum ApiError {
     Overloaded,
     #[error("model not loaded yet")]
     NotReady,
+    /// The key database does not answer (PostgreSQL down or cut off); the
+    /// cause is logged, never sent.
+    #[error("key database unreachable: {0}")]
+    StoreUnavailable(String),
     #[error("request body arrived too slowly")]
     BodyTimeout,
     #[error("request took too long")]
@@ -89,7 +93,10 @@ impl ApiError {
     /// Seconds for the `Retry-After` header, where one applies.
     pub fn retry_after(&self) -> Option<u64> {
         match self {
-            ApiError::Overloaded | ApiError::NotReady | ApiError::RequestTimeout => Some(1),
+            ApiError::Overloaded
+            | ApiError::NotReady
+            | ApiError::RequestTimeout
+            | ApiError::StoreUnavailable(_) => Some(1),
             ApiError::AddressLockedOut { retry_after_s }
             | ApiError::RateLimited { retry_after_s, .. } => Some(*retry_after_s),
             _ => None,
@@ -111,9 +118,10 @@ impl ApiError {
             ApiError::RateLimited { .. }
             | ApiError::QuotaExhausted { .. }
             | ApiError::AddressLockedOut { .. } => StatusCode::TOO_MANY_REQUESTS,
-            ApiError::Overloaded | ApiError::NotReady | ApiError::RequestTimeout => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            ApiError::Overloaded
+            | ApiError::NotReady
+            | ApiError::RequestTimeout
+            | ApiError::StoreUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -153,6 +161,9 @@ impl ApiError {
             ApiError::NotReady => json!({
                 "detail": "The model is still loading; retry shortly"
             }),
+            ApiError::StoreUnavailable(_) => json!({
+                "detail": "The key database cannot be reached; retry shortly"
+            }),
             ApiError::BodyTimeout => json!({
                 "detail": "The request body was not received in time"
             }),
@@ -166,10 +177,26 @@ impl ApiError {
     }
 }
 
+/// A database that does not answer is a 503 the client may retry; any
+/// other database failure is a bug or corruption, a 500.
+impl From<crate::store::StoreError> for ApiError {
+    fn from(error: crate::store::StoreError) -> Self {
+        if error.is_unavailable() {
+            ApiError::StoreUnavailable(error.to_string())
+        } else {
+            ApiError::internal(error)
+        }
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        if let ApiError::Internal(cause) = &self {
-            tracing::error!(%cause, "internal error");
+        match &self {
+            ApiError::Internal(cause) => tracing::error!(%cause, "internal error"),
+            ApiError::StoreUnavailable(cause) => {
+                tracing::warn!(%cause, "key database unreachable")
+            }
+            _ => {}
         }
         let mut response = (self.status(), axum::Json(self.body())).into_response();
         if let Some(seconds) = self.retry_after() {

@@ -270,13 +270,16 @@ impl ListingRun {
             let _permit = permit;
             // The request's own rate-limit token paid for the first photo.
             let token = match rate {
-                Some(per_minute) if index > 0 => state
-                    .rate_limiter
-                    .try_acquire(key_id, per_minute)
-                    .map_err(|retry_after_s| ApiError::RateLimited {
-                        per_minute,
-                        retry_after_s,
-                    }),
+                Some(per_minute) if index > 0 => {
+                    match state.store.take_token(key_id, per_minute).await {
+                        Ok(Ok(())) => Ok(()),
+                        Ok(Err(retry_after_s)) => Err(ApiError::RateLimited {
+                            per_minute,
+                            retry_after_s,
+                        }),
+                        Err(unreachable) => Err(unreachable.into()),
+                    }
+                }
                 _ => Ok(()),
             };
             let result = match token {

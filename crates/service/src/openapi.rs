@@ -216,7 +216,7 @@ pub struct ValidationItem {
 /// Readiness.
 #[derive(ToSchema, Serialize)]
 pub struct Health {
-    /// `ok`, `loading` or `failed`.
+    /// `ok`, `loading`, `failed` or `database_unreachable`.
     pub status: String,
     /// The inference engine, once loaded.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -224,6 +224,9 @@ pub struct Health {
     /// Model replicas labelling in parallel, once loaded.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub replicas: Option<usize>,
+    /// Why the replica is not ready, where there is more to say.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 struct ApiKeyScheme;

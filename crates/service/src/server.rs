@@ -19,7 +19,6 @@ use tokio::net::TcpListener;
 use tower::ServiceExt as _;
 
 use crate::api::{router, AppState};
-use crate::auth::RateLimiter;
 use crate::config::ServeArgs;
 use crate::fetch::Fetcher;
 use crate::limits::BodyLimits;
@@ -229,7 +228,6 @@ pub fn app_state(
             // `validate` has already refused a leaf order that does not parse.
             config: args.analysis.config().unwrap_or_default(),
         },
-        rate_limiter: RateLimiter::default(),
         bad_keys: BadKeyLockout::new(args.lockout_config()),
         metrics: telemetry::prometheus(),
         ui: !args.no_ui,

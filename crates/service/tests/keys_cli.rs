@@ -10,6 +10,7 @@ fn store_args(dir: &tempfile::TempDir) -> StoreArgs {
     StoreArgs {
         data_dir: dir.path().join("data"),
         database_url: None,
+        database_max_connections: 10,
     }
 }
 
@@ -106,17 +107,37 @@ async fn duplicate_names_are_refused() {
 }
 
 #[tokio::test]
-async fn database_url_other_than_sqlite_is_a_clear_error() {
+async fn an_unsupported_database_url_is_a_clear_error() {
     let args = StoreArgs {
         data_dir: "unused".into(),
-        database_url: Some("postgres://user:secret@db/photolabel".into()),
+        database_url: Some("mysql://user:secret@db/photolabel".into()),
+        database_max_connections: 10,
     };
     let error = match open_store(&args).await {
-        Ok(_) => panic!("postgres is not supported yet"),
+        Ok(_) => panic!("mysql is not supported"),
         Err(e) => e.to_string(),
     };
-    assert!(error.contains("only `sqlite:`"), "{error}");
+    assert!(
+        error.contains("use `sqlite:…` or `postgres://…`"),
+        "{error}"
+    );
     assert!(!error.contains("secret"), "credentials are not echoed");
+}
+
+#[tokio::test]
+async fn an_unreachable_postgres_is_a_clear_error_without_credentials() {
+    // Port 1 on loopback: nothing listens, the connection is refused.
+    let args = StoreArgs {
+        data_dir: "unused".into(),
+        database_url: Some("postgres://user:secret@127.0.0.1:1/photolabel".into()),
+        database_max_connections: 10,
+    };
+    let error = match open_store(&args).await {
+        Ok(_) => panic!("nothing listens on port 1"),
+        Err(e) => e,
+    };
+    assert!(error.is_unavailable(), "{error}");
+    assert!(!error.to_string().contains("secret"), "{error}");
 }
 
 #[tokio::test]
@@ -126,6 +147,7 @@ async fn sqlite_database_url_is_used() {
     let args = StoreArgs {
         data_dir: dir.path().join("unused"),
         database_url: Some(format!("sqlite://{}", path.display())),
+        database_max_connections: 10,
     };
     exec(
         &args,

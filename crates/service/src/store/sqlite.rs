@@ -11,18 +11,22 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
-    SqliteSynchronous,
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
 use sqlx::Row;
 
-use super::{Endpoint, KeyRecord, Recorded, Revoked, Store, StoreError, StoreFuture, Usage};
+use super::bucket::RateLimiter;
+use super::{
+    key_from_row, to_i64, usage_of, Endpoint, KeyRecord, Recorded, Revoked, Store, StoreError,
+    StoreFuture, Usage,
+};
 use crate::keys::KeyHash;
 
-static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 
 pub struct SqliteStore {
     pool: SqlitePool,
+    buckets: RateLimiter,
 }
 
 impl SqliteStore {
@@ -46,7 +50,10 @@ impl SqliteStore {
             .connect_with(options)
             .await?;
         MIGRATOR.run(&pool).await?;
-        Ok(Self { pool })
+        Ok(Self {
+            pool,
+            buckets: RateLimiter::default(),
+        })
     }
 
     /// `PRAGMA integrity_check`: `["ok"]` for a sound database, otherwise
@@ -61,90 +68,8 @@ impl SqliteStore {
     }
 }
 
-fn key_from_row(row: &SqliteRow) -> Result<KeyRecord, sqlx::Error> {
-    let hash: Vec<u8> = row.try_get("key_hash")?;
-    let hash = KeyHash::from_slice(&hash).ok_or_else(|| sqlx::Error::ColumnDecode {
-        index: "key_hash".into(),
-        source: "key hash is not 32 bytes".into(),
-    })?;
-    let rate_limit: Option<i64> = row.try_get("rate_limit_per_minute")?;
-    let quota: Option<i64> = row.try_get("quota")?;
-    let calls_used: i64 = row.try_get("calls_used")?;
-    Ok(KeyRecord {
-        id: row.try_get("id")?,
-        name: row.try_get("name")?,
-        hash,
-        rate_limit_per_minute: rate_limit.and_then(|n| u32::try_from(n).ok()),
-        quota: quota.and_then(|n| u64::try_from(n).ok()),
-        calls_used: u64::try_from(calls_used).unwrap_or(0),
-        created_at: row.try_get("created_at")?,
-        revoked_at: row.try_get("revoked_at")?,
-    })
-}
-
-fn to_i64(n: u64) -> i64 {
-    i64::try_from(n).unwrap_or(i64::MAX)
-}
-
 impl Store for SqliteStore {
-    fn create_key<'a>(
-        &'a self,
-        name: &'a str,
-        hash: KeyHash,
-        rate_limit_per_minute: Option<u32>,
-        quota: Option<u64>,
-    ) -> StoreFuture<'a, KeyRecord> {
-        Box::pin(async move {
-            let result = sqlx::query(
-                "INSERT INTO api_keys (name, key_hash, rate_limit_per_minute, quota) \
-                 VALUES (?, ?, ?, ?) \
-                 RETURNING id, name, key_hash, rate_limit_per_minute, quota, calls_used, \
-                 created_at, revoked_at",
-            )
-            .bind(name.to_owned())
-            .bind(hash.0.to_vec())
-            .bind(rate_limit_per_minute.map(i64::from))
-            .bind(quota.map(to_i64))
-            .fetch_one(&self.pool)
-            .await;
-            match result {
-                Ok(row) => Ok(key_from_row(&row)?),
-                Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
-                    Err(StoreError::DuplicateName(name.to_owned()))
-                }
-                Err(e) => Err(e.into()),
-            }
-        })
-    }
-
-    fn find_key(&self, hash: KeyHash) -> StoreFuture<'_, Option<KeyRecord>> {
-        Box::pin(async move {
-            let row = sqlx::query(
-                "SELECT id, name, key_hash, rate_limit_per_minute, quota, calls_used, \
-                 created_at, revoked_at FROM api_keys WHERE key_hash = ?",
-            )
-            .bind(hash.0.to_vec())
-            .fetch_optional(&self.pool)
-            .await?;
-            let Some(row) = row else { return Ok(None) };
-            let record = key_from_row(&row)?;
-            // The index lookup found it; compare again in constant time so
-            // the match itself never depends on a short-circuiting `==`.
-            Ok(record.hash.matches(&hash).then_some(record))
-        })
-    }
-
-    fn list_keys(&self) -> StoreFuture<'_, Vec<KeyRecord>> {
-        Box::pin(async move {
-            let rows = sqlx::query(
-                "SELECT id, name, key_hash, rate_limit_per_minute, quota, calls_used, \
-                 created_at, revoked_at FROM api_keys ORDER BY id",
-            )
-            .fetch_all(&self.pool)
-            .await?;
-            Ok(rows.iter().map(key_from_row).collect::<Result<_, _>>()?)
-        })
-    }
+    same_sql_methods!();
 
     fn revoke_key<'a>(&'a self, id_or_name: &'a str) -> StoreFuture<'a, Revoked> {
         Box::pin(async move {
@@ -152,19 +77,21 @@ impl Store for SqliteStore {
             // A number is an id first; a name otherwise (or if no id matches).
             let mut row = None;
             if let Ok(id) = id_or_name.parse::<i64>() {
-                row = sqlx::query(
-                    "SELECT id, name, key_hash, rate_limit_per_minute, quota, calls_used, \
-                     created_at, revoked_at FROM api_keys WHERE id = ?",
-                )
+                row = sqlx::query(concat!(
+                    "SELECT ",
+                    key_columns!(),
+                    " FROM api_keys WHERE id = ?"
+                ))
                 .bind(id)
                 .fetch_optional(&mut *tx)
                 .await?;
             }
             if row.is_none() {
-                row = sqlx::query(
-                    "SELECT id, name, key_hash, rate_limit_per_minute, quota, calls_used, \
-                     created_at, revoked_at FROM api_keys WHERE name = ?",
-                )
+                row = sqlx::query(concat!(
+                    "SELECT ",
+                    key_columns!(),
+                    " FROM api_keys WHERE name = ?"
+                ))
                 .bind(id_or_name.to_owned())
                 .fetch_optional(&mut *tx)
                 .await?;
@@ -219,51 +146,14 @@ impl Store for SqliteStore {
         })
     }
 
-    fn usage(&self, key_id: i64) -> StoreFuture<'_, Option<Usage>> {
-        Box::pin(async move {
-            let mut tx = self.pool.begin().await?;
-            let row = sqlx::query(
-                "SELECT id, name, key_hash, rate_limit_per_minute, quota, calls_used, \
-                 created_at, revoked_at FROM api_keys WHERE id = ?",
-            )
-            .bind(key_id)
-            .fetch_optional(&mut *tx)
-            .await?;
-            let Some(row) = row else { return Ok(None) };
-            let record = key_from_row(&row)?;
-            let rows = sqlx::query("SELECT endpoint, calls FROM key_usage WHERE key_id = ?")
-                .bind(key_id)
-                .fetch_all(&mut *tx)
-                .await?;
-            tx.commit().await?;
-            let mut calls_by_endpoint = std::collections::BTreeMap::new();
-            for row in rows {
-                let endpoint: String = row.try_get("endpoint")?;
-                let calls: i64 = row.try_get("calls")?;
-                calls_by_endpoint.insert(endpoint, u64::try_from(calls).unwrap_or(0));
-            }
-            Ok(Some(Usage {
-                name: record.name,
-                calls_used: record.calls_used,
-                quota: record.quota,
-                calls_remaining: record.quota.map(|q| q.saturating_sub(record.calls_used)),
-                calls_by_endpoint,
-            }))
-        })
-    }
-
-    fn close(&self) -> StoreFuture<'_, ()> {
-        Box::pin(async move {
-            self.pool.close().await;
-            Ok(())
-        })
+    fn take_token(&self, key_id: i64, per_minute: u32) -> StoreFuture<'_, Result<(), u64>> {
+        Box::pin(async move { Ok(self.buckets.try_acquire(key_id, per_minute)) })
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::keys::NewKey;
 
     async fn store() -> (tempfile::TempDir, SqliteStore) {
         let dir = tempfile::tempdir().expect("temp dir");
@@ -271,85 +161,6 @@ mod tests {
             .await
             .expect("open");
         (dir, store)
-    }
-
-    #[tokio::test]
-    async fn create_find_revoke() {
-        let (_dir, store) = store().await;
-        let key = NewKey::generate().expect("random");
-        let created = store
-            .create_key("acme", key.hash, Some(10), Some(5))
-            .await
-            .expect("create");
-        assert_eq!(created.name, "acme");
-        assert_eq!(created.quota, Some(5));
-        let found = store.find_key(key.hash).await.expect("find").expect("some");
-        assert_eq!(found.id, created.id);
-        assert!(store
-            .find_key(KeyHash::of("pl_other"))
-            .await
-            .expect("find")
-            .is_none());
-        assert!(matches!(
-            store.create_key("acme", KeyHash::of("x"), None, None).await,
-            Err(StoreError::DuplicateName(_))
-        ));
-        assert_eq!(
-            store.revoke_key("acme").await.expect("revoke"),
-            Revoked::Revoked(created.id, "acme".into())
-        );
-        assert_eq!(
-            store
-                .revoke_key(&created.id.to_string())
-                .await
-                .expect("revoke"),
-            Revoked::AlreadyRevoked(created.id, "acme".into())
-        );
-        assert_eq!(
-            store.revoke_key("nobody").await.expect("revoke"),
-            Revoked::NotFound
-        );
-        assert!(store
-            .find_key(key.hash)
-            .await
-            .expect("find")
-            .expect("some")
-            .is_revoked());
-    }
-
-    #[tokio::test]
-    async fn ledger_counts_and_enforces_quota() {
-        let (_dir, store) = store().await;
-        let key = store
-            .create_key("q", KeyHash::of("k"), None, Some(2))
-            .await
-            .expect("create");
-        assert_eq!(
-            store
-                .record_success(key.id, Endpoint::LabelUpload)
-                .await
-                .expect("rec"),
-            Recorded::Counted(1)
-        );
-        assert_eq!(
-            store
-                .record_success(key.id, Endpoint::LabelUrl)
-                .await
-                .expect("rec"),
-            Recorded::Counted(2)
-        );
-        assert_eq!(
-            store
-                .record_success(key.id, Endpoint::LabelUrl)
-                .await
-                .expect("rec"),
-            Recorded::QuotaExhausted
-        );
-        let usage = store.usage(key.id).await.expect("usage").expect("some");
-        assert_eq!(usage.calls_used, 2);
-        assert_eq!(usage.calls_remaining, Some(0));
-        assert_eq!(usage.calls_by_endpoint.get("/labelling/img"), Some(&1));
-        assert_eq!(usage.calls_by_endpoint.get("/labelling/url"), Some(&1));
     }
 
     #[tokio::test]
