@@ -16,6 +16,8 @@
 //! - [`fetch`]: downloading images for `/labelling/url` without SSRF.
 //! - [`listing`]: `POST /labelling/listing`, a whole listing at once.
 //! - [`limits`]: body size and timeouts; [`server`]: listener and shutdown.
+//! - [`queue`]: back-filling through NATS JetStream (`enqueue`, `worker`,
+//!   `collect`).
 
 pub mod api;
 pub mod auth;
@@ -29,6 +31,7 @@ pub mod limits;
 pub mod listing;
 pub mod lockout;
 pub mod openapi;
+pub mod queue;
 pub mod server;
 pub mod store;
 pub mod telemetry;
