@@ -11,18 +11,18 @@
 #    worker: from its /health turning 200 (model loaded, connected) until
 #    `collect --expect N` has all N results.
 # 2. Peak RSS (VmHWM) of one worker with QUEUED jobs (default 10000) in the
-#    stream: idle after loading, and after it has labelled 1000 of them.
+#    stream: idle after loading, and after it has labelled 1000 and 3000.
 #
 # Uses the release binary (cargo build --release; CARGO_TARGET_DIR is
-# honoured). Streams are named after this shell's pid and deleted at the end.
-set -euo pipefail
+# honoured), or $PHOTOLABEL_BIN. Streams are named after this shell's pid and deleted at the end.
+set -eu
 
 N=${1:-300}
 QUEUED=${2:-10000}
 NATS=${NATS:-nats://127.0.0.1:4222}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
-BIN=$TARGET/release/photolabel
+BIN=${PHOTOLABEL_BIN:-$TARGET/release/photolabel}
 DATA=${DATA:-$ROOT/../shared/data/photos}
 WORK=$(mktemp -d)
 PIDS=()
@@ -35,12 +35,17 @@ trap cleanup EXIT
 [ -x "$BIN" ] || { echo "build first: cargo build --release" >&2; exit 1; }
 now() { date +%s.%N; }
 
-# The photos: the first N of shared/data in sorted order, linked (not
-# copied) into one folder that both `label` and the HTTP server read.
+# The photos: N of shared/data spread evenly over its sorted list (so all
+# sources and sizes are in), linked (not copied) into one folder that both
+# `label` and the HTTP server read.
 mkdir -p "$WORK/photos"
-find "$DATA" -name '*.jpg' | sort | head -n "$N" | while read -r f; do
-    ln -s "$f" "$WORK/photos/$(echo "$f" | sha1sum | cut -c1-16).jpg"
-done
+python3 - "$DATA" "$N" "$WORK/photos" <<'EOF'
+import os, sys
+data, n, out = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+photos = sorted(os.path.join(d, f) for d, _, fs in os.walk(data) for f in fs if f.endswith(".jpg"))
+for i, path in enumerate(photos[:: max(1, len(photos) // n)][:n]):
+    os.symlink(os.path.abspath(path), os.path.join(out, f"{i:06d}.jpg"))
+EOF
 count=$(ls "$WORK/photos" | wc -l)
 first=$(ls "$WORK/photos" | head -n1)
 echo "photos: $count from $DATA"
@@ -52,7 +57,7 @@ sleep 1
 
 echo "== photolabel label from disk"
 t0=$(now); "$BIN" label "$WORK/photos/$first" --format jsonl >/dev/null 2>&1; t1=$(now)
-"$BIN" label "$WORK/photos" --format jsonl >/dev/null 2>&1; t2=$(now)
+"$BIN" label "$WORK"/photos/*.jpg --format jsonl >/dev/null 2>&1; t2=$(now)
 label_one=$(echo "$t1 - $t0" | bc -l)
 label_all=$(echo "$t2 - $t1" | bc -l)
 label_rate=$(echo "($count - 1) / ($label_all - $label_one)" | bc -l)
@@ -112,12 +117,14 @@ delete_streams "QBENCH_$$_idle"
 "$BIN" worker $(pipeline mem) --allow-private-urls --metrics-bind "127.0.0.1:$MPORT" 2>/dev/null &
 WPID=$!; PIDS+=($WPID)
 wait_health "$MPORT"
-until [ "$(curl -fs "http://127.0.0.1:$MPORT/metrics" | awk '/^photolabel_queue_jobs_done_total/ {print $2}')" -ge 1000 ] 2>/dev/null; do sleep 0.5; done
-hwm=$(awk '/VmHWM/ {print $2}' "/proc/$WPID/status")
-rss=$(awk '/VmRSS/ {print $2}' "/proc/$WPID/status")
-lag=$(curl -fs "http://127.0.0.1:$MPORT/metrics" | awk '/^photolabel_queue_lag/ {print $2}')
 printf 'worker idle (empty queue): peak RSS %d MiB\n' $((idle / 1024))
-printf 'worker after 1000 of %d jobs (lag %s): peak RSS %d MiB, RSS now %d MiB\n' \
-    "$QUEUED" "$lag" $((hwm / 1024)) $((rss / 1024))
+for mark in 1000 3000; do
+    until [ "$(curl -fs "http://127.0.0.1:$MPORT/metrics" | awk '/^photolabel_queue_jobs_done_total/ {print $2}')" -ge "$mark" ] 2>/dev/null; do sleep 0.5; done
+    hwm=$(awk '/VmHWM/ {print $2}' "/proc/$WPID/status")
+    rss=$(awk '/VmRSS/ {print $2}' "/proc/$WPID/status")
+    lag=$(curl -fs "http://127.0.0.1:$MPORT/metrics" | awk '/^photolabel_queue_lag/ {print $2}')
+    printf 'worker after %d of %d jobs (lag %s): peak RSS %d MiB, RSS now %d MiB\n' \
+        "$mark" "$QUEUED" "$lag" $((hwm / 1024)) $((rss / 1024))
+done
 kill -TERM "$WPID"; wait "$WPID" || true
 delete_streams "QBENCH_$$_mem"

@@ -87,8 +87,14 @@ pub async fn connect(args: &NatsArgs) -> Result<async_nats::Client, QueueError> 
                     source,
                 })?;
     }
+    let servers: Vec<&str> = args
+        .nats
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .collect();
     options
-        .connect(args.nats.as_str())
+        .connect(servers)
         .await
         .map_err(|source| QueueError::Connect {
             url: args.nats.clone(),
