@@ -33,6 +33,9 @@ enum Command {
     Bench(cli::bench::BenchArgs),
     Serve(ServeCommand),
     Keys(photolabel_service::KeysArgs),
+    Enqueue(cli::queue::EnqueueCommand),
+    Worker(cli::queue::WorkerCommand),
+    Collect(cli::queue::CollectCommand),
 }
 
 /// Run the Altum-compatible HTTP API (POST /labelling/img and /labelling/url).
@@ -70,6 +73,9 @@ fn main() -> ExitCode {
                 .map(|()| ExitCode::SUCCESS)
         }
         Command::Keys(args) => photolabel_service::keys_main(args).map(|()| ExitCode::SUCCESS),
+        Command::Enqueue(args) => cli::queue::enqueue(args),
+        Command::Worker(args) => cli::queue::worker(args),
+        Command::Collect(args) => cli::queue::collect(args),
     };
     match outcome {
         Ok(code) => code,

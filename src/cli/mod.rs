@@ -4,6 +4,7 @@ pub mod bench;
 pub mod eval;
 pub mod label;
 pub mod listing;
+pub mod queue;
 pub mod train;
 
 use std::path::PathBuf;

@@ -17,6 +17,8 @@
 //! - [`listing`]: `POST /labelling/listing`, a whole listing at once.
 //! - [`limits`]: body size and timeouts; [`server`]: listener and shutdown.
 //! - [`ui`]: the web page at `GET /`.
+//! - [`queue`]: back-filling through NATS JetStream (`enqueue`, `worker`,
+//!   `collect`).
 
 pub mod api;
 pub mod auth;
@@ -30,6 +32,7 @@ pub mod limits;
 pub mod listing;
 pub mod lockout;
 pub mod openapi;
+pub mod queue;
 pub mod server;
 pub mod store;
 pub mod telemetry;
