@@ -19,9 +19,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-#[allow(dead_code)]
 mod support;
-use support::{free_port, BIN};
+use support::{fixture, free_port, BIN};
 
 const NATS: &str = "127.0.0.1:4222";
 
@@ -163,15 +162,6 @@ impl Drop for Pipeline {
 struct ImageServer {
     port: u16,
     connections: Arc<AtomicUsize>,
-}
-
-fn fixture(name: &str) -> Vec<u8> {
-    std::fs::read(
-        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-            .join("tests/fixtures/photos")
-            .join(name),
-    )
-    .expect("fixture photo")
 }
 
 fn respond(mut stream: TcpStream, status: &str, body: &[u8]) {

@@ -96,6 +96,68 @@ impl AnalysisArgs {
     }
 }
 
+/// How images are downloaded for a stranger: by `/labelling/url` and
+/// `/labelling/listing` in `serve`, and by `photolabel worker` for queued
+/// jobs — one SSRF-safe fetcher with the same flags everywhere.
+#[derive(Debug, Clone, Args)]
+pub struct FetchArgs {
+    /// Let `/labelling/url` fetch from loopback, private, link-local and
+    /// other internal addresses. Turns off SSRF protection: only for tests
+    /// and trusted intranets.
+    #[arg(long, env = "PHOTOLABEL_ALLOW_PRIVATE_URLS", default_value_t = false)]
+    pub allow_private_urls: bool,
+
+    /// Largest image `/labelling/url` downloads, in bytes.
+    #[arg(long, env = "PHOTOLABEL_URL_MAX_BYTES", default_value_t = 20 * 1024 * 1024)]
+    pub url_max_bytes: usize,
+
+    /// Seconds a URL download may take in total, redirects included.
+    #[arg(long, env = "PHOTOLABEL_URL_TIMEOUT", default_value_t = 15)]
+    pub url_timeout: u64,
+
+    /// Seconds to wait for a TCP connection to the image host.
+    #[arg(long, env = "PHOTOLABEL_URL_CONNECT_TIMEOUT", default_value_t = 5)]
+    pub url_connect_timeout: u64,
+
+    /// Redirects followed when downloading an image; each hop is checked
+    /// like the first URL.
+    #[arg(long, env = "PHOTOLABEL_MAX_REDIRECTS", default_value_t = 3)]
+    pub max_redirects: usize,
+}
+
+impl FetchArgs {
+    pub fn config(&self) -> FetchConfig {
+        FetchConfig {
+            allow_private: self.allow_private_urls,
+            max_bytes: self.url_max_bytes,
+            total_timeout: Duration::from_secs(self.url_timeout),
+            connect_timeout: Duration::from_secs(self.url_connect_timeout),
+            max_redirects: self.max_redirects,
+            ..FetchConfig::default()
+        }
+    }
+
+    /// Checks what clap cannot.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            self.url_timeout > 0 && self.url_connect_timeout > 0,
+            "--url-timeout and --url-connect-timeout must be at least 1 second"
+        );
+        Ok(())
+    }
+
+    /// The warning an operator must see when SSRF protection is off.
+    pub fn warn_if_private_allowed(&self) {
+        if self.allow_private_urls {
+            tracing::warn!(
+                "--allow-private-urls is ON: URLs may point at loopback, private and \
+                 link-local addresses (cloud metadata included). Never use this mode \
+                 with URLs from untrusted clients."
+            );
+        }
+    }
+}
+
 /// `photolabel serve`: the Altum-compatible HTTP API.
 #[derive(Debug, Clone, Args)]
 pub struct ServeArgs {
@@ -166,28 +228,8 @@ pub struct ServeArgs {
     #[arg(long, env = "PHOTOLABEL_SECOND_SCENE_THRESHOLD", default_value_t = photolabel_taxonomy::DEFAULT_SECOND_SCENE_THRESHOLD)]
     pub second_scene_threshold: f64,
 
-    /// Let `/labelling/url` fetch from loopback, private, link-local and
-    /// other internal addresses. Turns off SSRF protection: only for tests
-    /// and trusted intranets.
-    #[arg(long, env = "PHOTOLABEL_ALLOW_PRIVATE_URLS", default_value_t = false)]
-    pub allow_private_urls: bool,
-
-    /// Largest image `/labelling/url` downloads, in bytes.
-    #[arg(long, env = "PHOTOLABEL_URL_MAX_BYTES", default_value_t = 20 * 1024 * 1024)]
-    pub url_max_bytes: usize,
-
-    /// Seconds a URL download may take in total, redirects included.
-    #[arg(long, env = "PHOTOLABEL_URL_TIMEOUT", default_value_t = 15)]
-    pub url_timeout: u64,
-
-    /// Seconds to wait for a TCP connection to the image host.
-    #[arg(long, env = "PHOTOLABEL_URL_CONNECT_TIMEOUT", default_value_t = 5)]
-    pub url_connect_timeout: u64,
-
-    /// Redirects followed when downloading an image; each hop is checked
-    /// like the first URL.
-    #[arg(long, env = "PHOTOLABEL_MAX_REDIRECTS", default_value_t = 3)]
-    pub max_redirects: usize,
+    #[command(flatten)]
+    pub fetch: FetchArgs,
 
     /// Invalid API keys one client address may send within
     /// `--bad-key-window` before its requests get 429 for that long (keys
@@ -243,17 +285,6 @@ impl ServeArgs {
             limit: self.bad_key_limit,
             window: Duration::from_secs(self.bad_key_window),
             max_addresses: self.bad_key_max_addresses,
-        }
-    }
-
-    pub fn fetch_config(&self) -> FetchConfig {
-        FetchConfig {
-            allow_private: self.allow_private_urls,
-            max_bytes: self.url_max_bytes,
-            total_timeout: Duration::from_secs(self.url_timeout),
-            connect_timeout: Duration::from_secs(self.url_connect_timeout),
-            max_redirects: self.max_redirects,
-            ..FetchConfig::default()
         }
     }
 }
@@ -338,8 +369,8 @@ mod tests {
         let args = ServeArgs::defaults();
         assert_eq!(args.bind.to_string(), "127.0.0.1:8080");
         assert_eq!(args.second_scene_threshold, 70.0);
-        assert_eq!(args.max_redirects, 3);
-        assert!(!args.allow_private_urls);
+        assert_eq!(args.fetch.max_redirects, 3);
+        assert!(!args.fetch.allow_private_urls);
         assert_eq!(args.bad_key_limit, 20);
         assert_eq!(args.bad_key_window, 60);
     }

@@ -40,6 +40,6 @@ pub mod ui;
 pub mod worker;
 
 pub use cli::{keys_main, run_keys};
-pub use config::{AnalysisArgs, KeysArgs, KeysCommand, ServeArgs, StoreArgs};
+pub use config::{AnalysisArgs, FetchArgs, KeysArgs, KeysCommand, ServeArgs, StoreArgs};
 pub use error::ApiError;
 pub use server::{run_serve, run_serve_loading, serve_main, Server};

@@ -122,7 +122,7 @@ fn validate(args: &ServeArgs) -> anyhow::Result<()> {
         "--bad-key-window and --bad-key-max-addresses must be at least 1 (or turn the \
          lockout off with --bad-key-limit 0)"
     );
-    Ok(())
+    args.fetch.validate()
 }
 
 impl Server {
@@ -134,17 +134,11 @@ impl Server {
         F: FnOnce() -> Result<Vec<M>, String> + Send + 'static,
     {
         validate(args)?;
-        if args.allow_private_urls {
-            tracing::warn!(
-                "--allow-private-urls is ON: /labelling/url will fetch from loopback, private \
-                 and link-local addresses (cloud metadata included). Never expose this server \
-                 to untrusted clients in this mode."
-            );
-        }
+        args.fetch.warn_if_private_allowed();
         let store = open_store(&args.store)
             .await
             .context("cannot open the key database")?;
-        let fetcher = Fetcher::new(args.fetch_config()).context("cannot build the URL fetcher")?;
+        let fetcher = Fetcher::new(args.fetch.config()).context("cannot build the URL fetcher")?;
         let (worker, worker_thread) = spawn_worker(load, args.queue_capacity, args.max_batch)
             .context("cannot start the model worker")?;
         let state = app_state(args, store.clone(), worker, fetcher);

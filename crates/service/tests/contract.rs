@@ -68,7 +68,7 @@ async fn url_success_outdoor_shape() {
     )
     .await;
     let app = AppBuilder::new()
-        .args(|a| a.allow_private_urls = true)
+        .args(|a| a.fetch.allow_private_urls = true)
         .build(FixedModel(outdoor_probabilities()))
         .await;
     let key = app.create_key("acme", None, None).await;
@@ -99,7 +99,7 @@ async fn url_follows_a_redirect_it_may_follow() {
     )
     .await;
     let app = AppBuilder::new()
-        .args(|a| a.allow_private_urls = true)
+        .args(|a| a.fetch.allow_private_urls = true)
         .build(FixedModel(indoor_probabilities()))
         .await;
     let key = app.create_key("acme", None, None).await;
@@ -194,7 +194,7 @@ async fn url_that_is_not_an_image_is_400() {
     )
     .await;
     let app = AppBuilder::new()
-        .args(|a| a.allow_private_urls = true)
+        .args(|a| a.fetch.allow_private_urls = true)
         .build(FixedModel(indoor_probabilities()))
         .await;
     let key = app.create_key("acme", None, None).await;
@@ -212,7 +212,7 @@ async fn url_answering_404_is_400() {
     )
     .await;
     let app = AppBuilder::new()
-        .args(|a| a.allow_private_urls = true)
+        .args(|a| a.fetch.allow_private_urls = true)
         .build(FixedModel(indoor_probabilities()))
         .await;
     let key = app.create_key("acme", None, None).await;
@@ -231,8 +231,8 @@ async fn url_body_over_the_download_cap_is_400() {
     .await;
     let app = AppBuilder::new()
         .args(|a| {
-            a.allow_private_urls = true;
-            a.url_max_bytes = 1000;
+            a.fetch.allow_private_urls = true;
+            a.fetch.url_max_bytes = 1000;
         })
         .build(FixedModel(indoor_probabilities()))
         .await;

@@ -39,7 +39,7 @@ async fn the_key_never_appears_in_logs_metrics_or_bodies() {
     )
     .await;
     let app = AppBuilder::new()
-        .args(|a| a.allow_private_urls = true)
+        .args(|a| a.fetch.allow_private_urls = true)
         .build(FixedModel(indoor_probabilities()))
         .await;
     let key = app.create_key("acme", Some(3), None).await;

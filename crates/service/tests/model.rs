@@ -20,7 +20,7 @@ async fn real_model_labels_fixtures_through_both_endpoints() {
     )
     .await;
     let app = AppBuilder::new()
-        .args(|a| a.allow_private_urls = true)
+        .args(|a| a.fetch.allow_private_urls = true)
         .build_real_model()
         .await;
     let key = app.create_key("acme", None, None).await;

@@ -31,7 +31,7 @@ async fn default_app() -> (TestApp, String) {
     let app = AppBuilder::new()
         .build(FixedModel(indoor_probabilities()))
         .await;
-    assert!(!app.args.allow_private_urls, "default settings");
+    assert!(!app.args.fetch.allow_private_urls, "default settings");
     let key = app.create_key("acme", None, None).await;
     (app, key)
 }
@@ -179,7 +179,7 @@ async fn more_than_three_redirects_are_refused() {
     )
     .await;
     let app = AppBuilder::new()
-        .args(|a| a.allow_private_urls = true)
+        .args(|a| a.fetch.allow_private_urls = true)
         .build(FixedModel(indoor_probabilities()))
         .await;
     let key = app.create_key("acme", None, None).await;
@@ -190,7 +190,7 @@ async fn more_than_three_redirects_are_refused() {
 #[tokio::test]
 async fn allow_private_urls_lifts_only_the_address_check() {
     let app = AppBuilder::new()
-        .args(|a| a.allow_private_urls = true)
+        .args(|a| a.fetch.allow_private_urls = true)
         .build(FixedModel(indoor_probabilities()))
         .await;
     let key = app.create_key("acme", None, None).await;

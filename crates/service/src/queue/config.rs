@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use clap::Args;
 
-use crate::fetch::FetchConfig;
+use crate::config::FetchArgs;
 
 /// Where the queue is: shared by the three commands, so that a pipeline
 /// (one jobs stream and one results stream) is named the same way in each,
@@ -153,27 +153,8 @@ pub struct WorkerArgs {
     #[arg(long, env = "PHOTOLABEL_SECOND_SCENE_THRESHOLD", default_value_t = photolabel_taxonomy::DEFAULT_SECOND_SCENE_THRESHOLD)]
     pub second_scene_threshold: f64,
 
-    /// Fetch from loopback, private, link-local and other internal
-    /// addresses too. Turns off SSRF protection: only for tests and trusted
-    /// intranets.
-    #[arg(long, env = "PHOTOLABEL_ALLOW_PRIVATE_URLS", default_value_t = false)]
-    pub allow_private_urls: bool,
-
-    /// Largest image downloaded, in bytes.
-    #[arg(long, env = "PHOTOLABEL_URL_MAX_BYTES", default_value_t = 20 * 1024 * 1024)]
-    pub url_max_bytes: usize,
-
-    /// Seconds a download may take in total, redirects included.
-    #[arg(long, env = "PHOTOLABEL_URL_TIMEOUT", default_value_t = 15)]
-    pub url_timeout: u64,
-
-    /// Seconds to wait for a TCP connection to the image host.
-    #[arg(long, env = "PHOTOLABEL_URL_CONNECT_TIMEOUT", default_value_t = 5)]
-    pub url_connect_timeout: u64,
-
-    /// Redirects followed; each hop is checked like the first URL.
-    #[arg(long, env = "PHOTOLABEL_MAX_REDIRECTS", default_value_t = 3)]
-    pub max_redirects: usize,
+    #[command(flatten)]
+    pub fetch: FetchArgs,
 
     /// Serve `GET /health` and `GET /metrics` (Prometheus text) on this
     /// address, e.g. `127.0.0.1:9464`. Not served when absent.
@@ -187,18 +168,6 @@ pub struct WorkerArgs {
 }
 
 impl WorkerArgs {
-    /// The same fetcher settings `serve` builds for `/labelling/url`.
-    pub fn fetch_config(&self) -> FetchConfig {
-        FetchConfig {
-            allow_private: self.allow_private_urls,
-            max_bytes: self.url_max_bytes,
-            total_timeout: Duration::from_secs(self.url_timeout),
-            connect_timeout: Duration::from_secs(self.url_connect_timeout),
-            max_redirects: self.max_redirects,
-            ..FetchConfig::default()
-        }
-    }
-
     /// `--replicas` with 0 resolved for a machine of `cores` cores.
     pub fn replicas_for(&self, cores: usize) -> usize {
         match self.replicas {
@@ -227,11 +196,7 @@ impl WorkerArgs {
             self.retry_backoff.is_finite() && self.retry_backoff >= 0.0,
             "--retry-backoff must be a number of seconds"
         );
-        anyhow::ensure!(
-            self.url_timeout > 0 && self.url_connect_timeout > 0,
-            "URL timeouts must be at least 1 second"
-        );
-        Ok(())
+        self.fetch.validate()
     }
 }
 
@@ -252,7 +217,7 @@ mod tests {
         assert_eq!(args.nats.jobs_stream, "PHOTOLABEL_JOBS");
         assert_eq!(args.nats.results_stream, "PHOTOLABEL_RESULTS");
         assert_eq!(args.max_deliver, 5);
-        assert!(!args.allow_private_urls);
+        assert!(!args.fetch.allow_private_urls);
         assert_eq!(args.backoff(1), Duration::from_secs(2));
         assert_eq!(args.backoff(3), Duration::from_secs(8));
         assert_eq!(args.backoff(40), Duration::from_secs(600));

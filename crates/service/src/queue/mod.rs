@@ -109,20 +109,18 @@ pub async fn jobs_stream(
     name: &str,
     duplicate_window: Duration,
 ) -> Result<stream::Stream, QueueError> {
-    js.get_or_create_stream(stream::Config {
-        name: name.to_owned(),
-        subjects: vec![jobs_subject(name)],
-        retention: stream::RetentionPolicy::WorkQueue,
-        storage: stream::StorageType::File,
-        duplicate_window,
-        description: Some("photolabel jobs: {\"id\", \"url\"} per message".into()),
-        ..Default::default()
-    })
+    open_stream(
+        js,
+        stream::Config {
+            name: name.to_owned(),
+            subjects: vec![jobs_subject(name)],
+            retention: stream::RetentionPolicy::WorkQueue,
+            duplicate_window,
+            description: Some("photolabel jobs: {\"id\", \"url\"} per message".into()),
+            ..Default::default()
+        },
+    )
     .await
-    .map_err(|e| QueueError::Stream {
-        stream: name.to_owned(),
-        detail: e.to_string(),
-    })
 }
 
 /// Opens the results stream, creating it (limits retention,
@@ -132,18 +130,34 @@ pub async fn results_stream(
     name: &str,
     duplicate_window: Duration,
 ) -> Result<stream::Stream, QueueError> {
+    open_stream(
+        js,
+        stream::Config {
+            name: name.to_owned(),
+            subjects: vec![results_subject(name)],
+            retention: stream::RetentionPolicy::Limits,
+            duplicate_window,
+            description: Some("photolabel results: one per job id".into()),
+            ..Default::default()
+        },
+    )
+    .await
+}
+
+/// Gets the stream `config` names, or creates it on disk (jobs and results
+/// must survive a server restart).
+async fn open_stream(
+    js: &jetstream::Context,
+    config: stream::Config,
+) -> Result<stream::Stream, QueueError> {
+    let name = config.name.clone();
     js.get_or_create_stream(stream::Config {
-        name: name.to_owned(),
-        subjects: vec![results_subject(name)],
-        retention: stream::RetentionPolicy::Limits,
         storage: stream::StorageType::File,
-        duplicate_window,
-        description: Some("photolabel results: one per job id".into()),
-        ..Default::default()
+        ..config
     })
     .await
     .map_err(|e| QueueError::Stream {
-        stream: name.to_owned(),
+        stream: name,
         detail: e.to_string(),
     })
 }

@@ -98,13 +98,8 @@ where
     F: FnOnce() -> Result<Vec<M>, String> + Send + 'static,
 {
     args.validate()?;
-    if args.allow_private_urls {
-        tracing::warn!(
-            "--allow-private-urls is ON: jobs' URLs may point at loopback, private and \
-             link-local addresses (cloud metadata included). Only for trusted job files."
-        );
-    }
-    let fetcher = Fetcher::new(args.fetch_config()).context("cannot build the URL fetcher")?;
+    args.fetch.warn_if_private_allowed();
+    let fetcher = Fetcher::new(args.fetch.config()).context("cannot build the URL fetcher")?;
     // The model loads on its own thread while we connect. Its queue never
     // refuses: it is as large as the places a worker holds.
     let places = match args.in_flight {

@@ -200,7 +200,7 @@ impl AppBuilder {
         );
         let fetcher = match self.fetcher {
             Some(fetcher) => fetcher,
-            None => Fetcher::new(args.fetch_config()).expect("fetcher"),
+            None => Fetcher::new(args.fetch.config()).expect("fetcher"),
         };
         let (worker, _thread) =
             spawn_worker(load, args.queue_capacity, args.max_batch).expect("worker");
