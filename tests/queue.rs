@@ -4,7 +4,8 @@
 //! 127.0.0.1:4222 (JetStream on) and a loopback HTTP server that serves the
 //! fixture photos, broken files, 404s, slow answers and 503s.
 //!
-//! Where no NATS server with JetStream answers, each test prints
+//! (`PHOTOLABEL_TEST_NATS=host:port` points them elsewhere.) Where no NATS
+//! server with JetStream answers, each test prints
 //! `skipping: …` and passes. Every test uses streams of its own (pid and a
 //! counter in the name) and deletes them at the end, also when it fails.
 //! Talking to NATS for the checks (stream info, delete) is a few lines of
@@ -22,7 +23,14 @@ use std::time::{Duration, Instant};
 mod support;
 use support::{fixture, free_port, BIN};
 
-const NATS: &str = "127.0.0.1:4222";
+/// The NATS server: `PHOTOLABEL_TEST_NATS` (`host:port`), or the
+/// machine's own.
+fn nats() -> SocketAddr {
+    std::env::var("PHOTOLABEL_TEST_NATS")
+        .ok()
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 4222)))
+}
 
 /// The fixtures with a known label: (file, field of the Output, value).
 const PHOTOS: [(&str, &str, &str); 6] = [
@@ -39,7 +47,7 @@ const PHOTOS: [(&str, &str, &str); 6] = [
 /// One JetStream API request over the NATS text protocol; the reply's
 /// payload.
 fn js_api(subject: &str, payload: &str) -> std::io::Result<String> {
-    let address: SocketAddr = NATS.parse().expect("address");
+    let address = nats();
     let stream = TcpStream::connect_timeout(&address, Duration::from_secs(2))?;
     stream.set_read_timeout(Some(Duration::from_secs(10)))?;
     let mut writer = stream.try_clone()?;
@@ -77,7 +85,7 @@ fn js_api(subject: &str, payload: &str) -> std::io::Result<String> {
 
 /// Whether a NATS server with JetStream answers; why not otherwise.
 fn nats_available() -> Result<(), String> {
-    let address: SocketAddr = NATS.parse().expect("address");
+    let address = nats();
     let stream =
         TcpStream::connect_timeout(&address, Duration::from_secs(2)).map_err(|e| e.to_string())?;
     stream
@@ -99,7 +107,7 @@ fn nats_available() -> Result<(), String> {
 macro_rules! require_nats {
     () => {
         if let Err(why) = nats_available() {
-            println!("skipping: NATS not reachable at {NATS} ({why})");
+            println!("skipping: NATS not reachable at {} ({why})", nats());
             return;
         }
     };
@@ -136,7 +144,7 @@ impl Pipeline {
     fn flags(&self) -> Vec<String> {
         vec![
             "--nats".into(),
-            format!("nats://{NATS}"),
+            format!("nats://{}", nats()),
             "--jobs-stream".into(),
             self.jobs.clone(),
             "--results-stream".into(),
