@@ -40,7 +40,8 @@ pub fn router() -> Router<Arc<AppState>> {
         )
 }
 
-fn asset(body: &'static [u8], content_type: &'static str) -> Response {
+/// A static asset compiled into the binary (the web page's files too).
+pub(crate) fn asset(body: &'static [u8], content_type: &'static str) -> Response {
     (
         [
             (CONTENT_TYPE, HeaderValue::from_static(content_type)),

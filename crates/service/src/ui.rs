@@ -7,15 +7,15 @@
 use std::sync::Arc;
 
 use axum::http::header::{
-    CACHE_CONTROL, CONTENT_SECURITY_POLICY, CONTENT_TYPE, REFERRER_POLICY, X_CONTENT_TYPE_OPTIONS,
-    X_FRAME_OPTIONS,
+    CACHE_CONTROL, CONTENT_SECURITY_POLICY, REFERRER_POLICY, X_FRAME_OPTIONS,
 };
 use axum::http::HeaderValue;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use axum::routing::get;
 use axum::Router;
 
 use crate::api::AppState;
+use crate::docs;
 
 const INDEX: &str = include_str!("../assets/ui/index.html");
 const SCRIPT: &str = include_str!("../assets/ui/app.js");
@@ -50,21 +50,17 @@ pub fn router() -> Router<Arc<AppState>> {
         )
 }
 
+/// A static asset (as `/docs` serves its own) with the page's headers on top.
 fn page(body: &'static str, content_type: &'static str) -> Response {
-    (
-        [
-            (CONTENT_TYPE, HeaderValue::from_static(content_type)),
-            (
-                CONTENT_SECURITY_POLICY,
-                HeaderValue::from_static(CONTENT_SECURITY_POLICY_VALUE),
-            ),
-            // Revalidated every time: a new binary must not run an old page.
-            (CACHE_CONTROL, HeaderValue::from_static("no-cache")),
-            (X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff")),
-            (X_FRAME_OPTIONS, HeaderValue::from_static("DENY")),
-            (REFERRER_POLICY, HeaderValue::from_static("no-referrer")),
-        ],
-        body,
-    )
-        .into_response()
+    let mut response = docs::asset(body.as_bytes(), content_type);
+    let headers = response.headers_mut();
+    headers.insert(
+        CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(CONTENT_SECURITY_POLICY_VALUE),
+    );
+    // Revalidated every time: a new binary must not run an old page.
+    headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    headers.insert(X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    headers.insert(REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    response
 }
