@@ -12,8 +12,8 @@ use indicatif::{ProgressBar, ProgressStyle};
 use ndarray::{Array1, Array2, Axis};
 use photolabel_vision::augment::augment;
 use photolabel_vision::{
-    prepare, prepare_measured, Embedder, ImageLimits, PhotoStats, Prepared, Preprocessing,
-    EMBEDDING_DIM,
+    prepare, prepare_measured, Embedder, ImageLimits, Labeller, LabellerError, PhotoStats,
+    Prepared, Preprocessing, EMBEDDING_DIM,
 };
 
 /// Photos decoded ahead of the backbone, per model replica. Photos go
@@ -60,6 +60,36 @@ impl PhotoEmbedding {
         self.views
             .mean_axis(Axis(0))
             .expect("a photo has at least one view")
+    }
+}
+
+/// A model replica for [`embed_photos`], and which views it runs.
+pub enum Replica<'a> {
+    /// Every view of the embedder's preprocessing (`train` and `eval`: the
+    /// cache keeps both views, and each command decides what to use).
+    AllViews(&'a mut Embedder),
+    /// Only the views the labeller's heads need for each photo (`label`,
+    /// `listing`): the mirrored one only where the first is unsure.
+    NeededViews(&'a mut Labeller),
+}
+
+impl Replica<'_> {
+    fn preprocessing(&self) -> Preprocessing {
+        match self {
+            Self::AllViews(embedder) => embedder.preprocessing(),
+            Self::NeededViews(labeller) => labeller.preprocessing(),
+        }
+    }
+
+    fn views(&mut self, prepared: &Prepared) -> Result<Array2<f32>, LabellerError> {
+        let one = std::slice::from_ref(prepared);
+        match self {
+            Self::AllViews(embedder) => Ok(embedder.embed_views(one)?.index_axis_move(Axis(0), 0)),
+            Self::NeededViews(labeller) => Ok(labeller
+                .embed_needed_views(one)?
+                .pop()
+                .expect("one photo in, one out")),
+        }
     }
 }
 
@@ -232,7 +262,7 @@ pub fn progress_bar(len: usize, what: &str) -> ProgressBar {
 /// are not decoded at all. With `measure`, decoded photos also get their
 /// [`PhotoStats`] (1.4 ms a photo, which only `listing` needs).
 pub fn embed_photos(
-    embedders: Vec<&mut Embedder>,
+    embedders: Vec<Replica<'_>>,
     photos: &[PhotoRef<'_>],
     limits: &ImageLimits,
     cache: &mut EmbeddingCache,
@@ -289,15 +319,13 @@ pub fn embed_photos(
         });
         let replicas: Vec<_> = embedders
             .into_iter()
-            .map(|embedder| {
+            .map(|mut replica| {
                 let (done_rx, embedded_tx) = (done_rx.clone(), embedded_tx.clone());
                 scope.spawn(move || -> anyhow::Result<()> {
                     for (i, outcome) in done_rx {
                         let embedding = match outcome {
                             Ok(prepared) => Ok(PhotoEmbedding {
-                                views: embedder
-                                    .embed_views(std::slice::from_ref(&prepared))?
-                                    .index_axis_move(Axis(0), 0),
+                                views: replica.views(&prepared)?,
                                 stats: prepared.stats,
                             }),
                             Err(reason) => Err(reason),
@@ -339,7 +367,7 @@ pub fn embed_photos(
 /// no cache (a user's photos are labelled once), a progress bar on stderr.
 /// One result per file.
 pub fn embed_files<P: AsRef<Path>>(
-    labellers: &mut [photolabel_vision::Labeller],
+    labellers: &mut [Labeller],
     files: &[P],
     limits: &ImageLimits,
     measure: bool,
@@ -359,10 +387,7 @@ pub fn embed_files<P: AsRef<Path>>(
         .collect();
     let progress = progress_bar(refs.len(), "labelling");
     let embeddings = embed_photos(
-        labellers
-            .iter_mut()
-            .map(photolabel_vision::Labeller::embedder_mut)
-            .collect(),
+        labellers.iter_mut().map(Replica::NeededViews).collect(),
         &refs,
         limits,
         &mut EmbeddingCache::disabled(),
@@ -399,7 +424,14 @@ pub fn embed_labelled(
         })
         .collect();
     let progress = progress_bar(refs.len(), what);
-    let results = embed_photos(vec![embedder], &refs, limits, &mut cache, &progress, false)?;
+    let results = embed_photos(
+        vec![Replica::AllViews(embedder)],
+        &refs,
+        limits,
+        &mut cache,
+        &progress,
+        false,
+    )?;
     progress.finish_and_clear();
     Ok(results)
 }

@@ -50,6 +50,10 @@ pub struct EvalReport {
     pub count: usize,
     /// Rows that could not be read or decoded.
     pub failed: usize,
+    /// When the mirrored view was run (`--second-view` or the heads').
+    pub second_view: String,
+    /// Backbone passes per photo that labelling would have run.
+    pub views_per_photo: f64,
     pub image_class: LevelReport,
     pub room: LevelReport,
     pub subclass: LevelReport,
@@ -189,14 +193,17 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
     let mut second = SecondSceneReport::default();
     let mut second_hits = 0usize;
     let mut failed = 0usize;
+    let mut passes = 0usize;
     for (photo, embedding) in photos.iter().zip(&embeddings) {
         let Ok(embedding) = embedding else {
             failed += 1;
             continue;
         };
-        let p = labeller
-            .heads()
-            .stage_probabilities(embedding.mean().view());
+        // Both views are embedded (and cached); the heads' second-view rule
+        // picks what labelling would have run.
+        let outcome = labeller.heads().label_views(embedding.views.view());
+        passes += outcome.views;
+        let p = outcome.probabilities;
         let label = decide(&p, &rules);
         all.add(photo, &p, &label);
         by_source
@@ -229,9 +236,12 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
     } else {
         0.0
     };
+    let count = photos.len() - failed;
     let report = EvalReport {
-        count: photos.len() - failed,
+        count,
         failed,
+        second_view: labeller.heads().second_view.to_string(),
+        views_per_photo: passes as f64 / count.max(1) as f64,
         image_class: all.image.report(),
         room: all.room.report(),
         subclass: all.subclass.report(),
@@ -275,11 +285,13 @@ fn print_tables(report: &EvalReport) {
     let mut out = String::new();
     writeln!(
         out,
-        "{} photos scored ({} unreadable), engine {}, backbone {}",
+        "{} photos scored ({} unreadable), engine {}, backbone {}, second view {} ({:.2} passes per photo)",
         report.count,
         report.failed,
         report.engine,
-        &report.backbone_sha256[..16]
+        &report.backbone_sha256[..16],
+        report.second_view,
+        report.views_per_photo
     )
     .ok();
     let levels = [

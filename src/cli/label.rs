@@ -92,7 +92,8 @@ pub fn run(args: LabelArgs) -> anyhow::Result<std::process::ExitCode> {
                 decide(
                     &labellers[0]
                         .heads()
-                        .stage_probabilities(embedding.mean().view()),
+                        .label_views(embedding.views.view())
+                        .probabilities,
                     &rules,
                 )
             })

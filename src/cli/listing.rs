@@ -143,10 +143,10 @@ pub fn run(args: ListingArgs) -> anyhow::Result<std::process::ExitCode> {
                 let outcome = match embedding {
                     Ok(embedding) => match embedding.stats {
                         Some(stats) => {
-                            let mean = embedding.mean();
+                            let outcome = heads.label_views(embedding.views.view());
                             PhotoOutcome::Labelled(PhotoFacts {
-                                label: decide(&heads.stage_probabilities(mean.view()), &rules),
-                                embedding: mean.to_vec(),
+                                label: decide(&outcome.probabilities, &rules),
+                                embedding: outcome.embedding.to_vec(),
                                 stats,
                             })
                         }

@@ -10,7 +10,7 @@ pub mod train;
 use std::path::PathBuf;
 
 use clap::Args;
-use photolabel_vision::{EngineConfig, EngineKind, ImageLimits, Labeller, ModelConfig};
+use photolabel_vision::{EngineConfig, EngineKind, ImageLimits, Labeller, ModelConfig, SecondView};
 
 /// Which model to load and how to run it (shared by every subcommand).
 #[derive(Debug, Clone, Args)]
@@ -31,6 +31,13 @@ pub struct ModelArgs {
     /// for the loaded backbone).
     #[arg(long, env = "PHOTOLABEL_HEADS")]
     pub heads: Option<PathBuf>,
+    /// When to run the backbone a second time on the mirrored photo and
+    /// average: `always`, `never`, or a probability P — only for photos
+    /// whose least sure decision (image class, room, subclass or scene) is
+    /// below P. Default: what the heads file says (`photolabel train`
+    /// chooses it on its hold-out).
+    #[arg(long, env = "PHOTOLABEL_SECOND_VIEW")]
+    pub second_view: Option<SecondView>,
     /// ONNX Runtime shared library (default: $ORT_DYLIB_PATH, next to the
     /// binary, or .cache/onnxruntime/ of the source tree).
     #[arg(long, env = "PHOTOLABEL_ONNXRUNTIME")]
@@ -45,6 +52,7 @@ impl ModelArgs {
         ModelConfig {
             backbone: self.backbone.clone(),
             heads: self.heads.clone(),
+            second_view: self.second_view,
             engine: EngineConfig {
                 kind: self.engine,
                 threads: self.threads,

@@ -5,8 +5,10 @@ use std::path::PathBuf;
 use anyhow::{bail, Context};
 use clap::Args;
 use ndarray::{s, Array1, Array2, Array3, Axis};
-use photolabel_taxonomy::{ImageClass, RoomClass, RoomSubclass, SceneClass, TaxonomyClass};
-use photolabel_vision::heads::{Heads, LinearHead, TrainingRecord, HEADS_FORMAT};
+use photolabel_taxonomy::{
+    decide, DecisionRules, ImageClass, RoomClass, RoomSubclass, SceneClass, TaxonomyClass,
+};
+use photolabel_vision::heads::{Heads, LinearHead, SecondView, TrainingRecord, HEADS_FORMAT};
 use photolabel_vision::train::{
     argmax_rows, fit_temperature, in_calibration_holdout, nll, Dataset, FitOptions,
     SoftmaxRegression, Standardiser,
@@ -36,7 +38,9 @@ pub struct TrainArgs {
     /// How photos become the 260×260 input.
     #[arg(long, value_parser = parse_view, default_value = "squash")]
     pub view: View,
-    /// Also embed the mirrored photo and average (one more backbone pass).
+    /// Also train on the mirrored photo (each view a training row of its
+    /// own). Labelling can then run the mirrored view too and average, on
+    /// the photos `--second-view` says (chosen on the hold-out unless set).
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     pub flip: bool,
     /// Augmented copies of every training photo (random crop, tilt, colour,
@@ -137,21 +141,39 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
         },
         &mut notes,
     )?;
-    let heads = Heads {
+    let holdout_heads = Heads {
         format: HEADS_FORMAT.to_owned(),
         backbone_sha256: embedder.backbone_sha256().to_owned(),
         preprocessing,
-        image: image.0,
-        room: room.0,
-        scene: scene.0,
-        subclass: subclass.0,
+        second_view: SecondView::Always,
+        image: image.holdout_head,
+        room: room.holdout_head,
+        scene: scene.holdout_head,
+        subclass: subclass.holdout_head,
+        training: TrainingRecord::default(),
+    };
+    let second_view = match args.model.second_view {
+        _ if !preprocessing.flip => SecondView::Always,
+        Some(chosen) => {
+            notes.push(format!("second view: {chosen}, set by --second-view"));
+            chosen
+        }
+        None => choose_second_view(&holdout_heads, &features, &photos, &holdout, &mut notes),
+    };
+    let heads = Heads {
+        second_view,
+        image: image.head,
+        room: room.head,
+        scene: scene.head,
+        subclass: subclass.head,
         training: TrainingRecord {
             labels: format!("{} (split {})", args.labels.display(), args.split),
             rows_fit: holdout.iter().filter(|h| !**h).count(),
             rows_calibration: holdout.iter().filter(|h| **h).count(),
-            l2: image.1,
+            l2: image.l2,
             notes,
         },
+        ..holdout_heads
     };
     heads.validate()?;
     std::fs::write(&args.out, heads.to_json() + "\n")
@@ -246,15 +268,25 @@ fn embed_training_set(
     ))
 }
 
+/// A trained head, and the one fitted without the hold-out on the way.
+struct TrainedHead {
+    /// Refitted on every row: what the heads file gets.
+    head: LinearHead,
+    /// Fitted on the rows outside the hold-out, with the same L2 and
+    /// temperature: what choices about the heads are scored with.
+    holdout_head: LinearHead,
+    l2: f64,
+}
+
 /// Fits one head: standardise, pick L2 on the hold-out, fit the temperature
-/// on the hold-out. Returns the head and the chosen L2.
+/// on the hold-out.
 fn train_head<C: TaxonomyClass>(
     features: &TrainingFeatures,
     photos: &[LabelledPhoto],
     holdout: &[bool],
     class_of: impl Fn(&LabelledPhoto) -> Option<C>,
     notes: &mut Vec<String>,
-) -> anyhow::Result<(LinearHead, f64)> {
+) -> anyhow::Result<TrainedHead> {
     let mut fit_rows = Vec::new();
     let mut fit_labels = Vec::new();
     let mut cal_rows = Vec::new();
@@ -315,6 +347,8 @@ fn train_head<C: TaxonomyClass>(
     let logits = model.logits(cal_z.view());
     let temperature = fit_temperature(logits.view(), &cal_labels);
     let holdout_accuracy = accuracy(&argmax_rows(logits.view()), &cal_labels);
+    let classes: Vec<String> = C::ALL.iter().map(|c| c.name().to_owned()).collect();
+    let holdout_head = model.into_head(&standardiser, classes.clone(), temperature as f32);
     // The hold-out has done its job (choosing L2 and T); the final head is
     // refitted on every row, with the same standardisation, so no labelled
     // photo is wasted. T fitted on the 85 % model carries over: the refit has
@@ -343,11 +377,78 @@ fn train_head<C: TaxonomyClass>(
     );
     eprintln!("{note}");
     notes.push(note);
-    let classes = C::ALL.iter().map(|c| c.name().to_owned()).collect();
-    Ok((
-        model.into_head(&standardiser, classes, temperature as f32),
+    Ok(TrainedHead {
+        head: model.into_head(&standardiser, classes, temperature as f32),
+        holdout_head,
         l2,
-    ))
+    })
+}
+
+/// Thresholds tried for the mirrored view: below each, a photo's least sure
+/// decision sends it through the backbone a second time.
+const SECOND_VIEW_GRID: [f32; 11] = [0.0, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 0.97, 0.99, 0.999];
+
+/// Hold-out leaf accuracy a threshold may give up against running the
+/// mirrored view on every photo: 0.1 point, a fifth of what the accuracy
+/// rule of a default change allows (BENCHMARKS.md, issue 16), so that what
+/// is chosen here stays inside that rule on other splits too.
+const SECOND_VIEW_TOLERANCE: f64 = 0.001;
+
+/// Chooses when labelling runs the mirrored view: the lowest threshold of
+/// [`SECOND_VIEW_GRID`] whose hold-out leaf accuracy, with the heads fitted
+/// without the hold-out, is within [`SECOND_VIEW_TOLERANCE`] of always
+/// running it. Each photo's two cached views are scored through
+/// [`Heads::label_views`], the rule labelling follows.
+fn choose_second_view(
+    holdout_heads: &Heads,
+    features: &TrainingFeatures,
+    photos: &[LabelledPhoto],
+    holdout: &[bool],
+    notes: &mut Vec<String>,
+) -> SecondView {
+    let rules = DecisionRules::default();
+    let rows: Vec<(usize, &'static str)> = photos
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| holdout[*i])
+        .filter_map(|(i, p)| Some((i, p.leaf()?)))
+        .collect();
+    let score = |second_view: SecondView| {
+        let heads = Heads {
+            second_view,
+            ..holdout_heads.clone()
+        };
+        let (mut right, mut passes) = (0usize, 0usize);
+        for &(i, truth) in &rows {
+            let outcome = heads.label_views(features.views.slice(s![i, .., ..]));
+            passes += outcome.views;
+            right += usize::from(decide(&outcome.probabilities, &rules).leaf() == truth);
+        }
+        let n = rows.len().max(1) as f64;
+        (right as f64 / n, passes as f64 / n)
+    };
+    let (always, always_passes) = score(SecondView::Always);
+    let mut tried = Vec::new();
+    let mut chosen = (SecondView::Always, always, always_passes);
+    for threshold in SECOND_VIEW_GRID {
+        let (accuracy, passes) = score(SecondView::Below(threshold));
+        tried.push(format!("{threshold} {accuracy:.4}/{passes:.2}"));
+        if accuracy >= always - SECOND_VIEW_TOLERANCE {
+            chosen = (SecondView::Below(threshold), accuracy, passes);
+            break;
+        }
+    }
+    let note = format!(
+        "second view: {} chosen on {} hold-out photos (leaf accuracy {:.4} with {:.2} backbone passes per photo; always: {always:.4} with {always_passes:.2}; tried, threshold accuracy/passes: {})",
+        chosen.0,
+        rows.len(),
+        chosen.1,
+        chosen.2,
+        tried.join(", ")
+    );
+    eprintln!("{note}");
+    notes.push(note);
+    chosen.0
 }
 
 fn accuracy(predicted: &[usize], truth: &[usize]) -> f64 {

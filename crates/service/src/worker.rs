@@ -384,6 +384,10 @@ fn run<M: Model>(mut model: M, queues: &Mutex<Queues>, max_batch: usize, depth: 
         metrics::histogram!("photolabel_batch_size").record(batch.len() as f64);
         match result {
             Ok(Ok(results)) if results.len() == replies.len() => {
+                // Backbone passes: the mirrored view runs only on unsure
+                // photos, so passes / photos is what a photo costs.
+                let passes: usize = results.iter().map(|l| l.views).sum();
+                metrics::counter!("photolabel_backbone_passes_total").increment(passes as u64);
                 for (reply, labelled) in replies.into_iter().zip(results) {
                     let _ = reply.send(Ok(labelled));
                 }

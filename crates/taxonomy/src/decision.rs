@@ -159,6 +159,18 @@ impl Label {
         }
     }
 
+    /// The confidence of the least sure decision on the way to the leaf
+    /// (image class, then room and subclass, or scene; a second scene is not
+    /// a decision). What decides whether a photo is worth a second look.
+    pub fn least_sure(&self) -> f64 {
+        let below = match &self.detail {
+            LabelDetail::Indoor { room, subclass } => subclass.map_or(room.1, |s| room.1.min(s.1)),
+            LabelDetail::Outdoor { scene, .. } => scene.1,
+            LabelDetail::Other => 1.0,
+        };
+        self.image_confidence.min(below)
+    }
+
     pub fn room(&self) -> Option<RoomClass> {
         match &self.detail {
             LabelDetail::Indoor { room, .. } => Some(room.0),
@@ -278,6 +290,25 @@ mod tests {
     }
 
     const SUB: [f64; 3] = [0.8785, 0.1, 0.0215];
+
+    #[test]
+    fn least_sure_follows_the_decision_path() {
+        let rules = DecisionRules::default();
+        let scene = [0.6, 0.3, 0.1, 0.0, 0.0, 0.0];
+        // Indoor kitchen: the room is the least sure; the unused scene
+        // head's 0.6 does not count.
+        let p = probabilities([0.9, 0.1, 0.0], [0.0, 0.8, 0.2, 0.0, 0.0], SUB, scene);
+        assert!((decide(&p, &rules).least_sure() - 0.8).abs() < 1e-12);
+        // other_room: the subclass is a decision too.
+        let p = probabilities([0.95, 0.05, 0.0], [0.0, 0.0, 0.0, 0.1, 0.9], SUB, scene);
+        assert!((decide(&p, &rules).least_sure() - 0.8785).abs() < 1e-12);
+        // Outdoor: the image class and the first scene.
+        let p = probabilities([0.3, 0.7, 0.0], [1.0, 0.0, 0.0, 0.0, 0.0], SUB, scene);
+        assert!((decide(&p, &rules).least_sure() - 0.6).abs() < 1e-12);
+        // Other: only the image class.
+        let p = probabilities([0.2, 0.1, 0.7], [0.2, 0.2, 0.2, 0.2, 0.2], SUB, scene);
+        assert!((decide(&p, &rules).least_sure() - 0.7).abs() < 1e-12);
+    }
 
     #[test]
     fn indoor_room_without_subclass() {

@@ -5,10 +5,10 @@
 
 use std::path::Path;
 
-use ndarray::{Array1, Array2, ArrayView1};
+use ndarray::{Array1, Array2, ArrayView1, ArrayView2, Axis};
 use photolabel_taxonomy::{
-    Distribution, ImageClass, RoomClass, RoomSubclass, SceneClass, StageProbabilities,
-    TaxonomyClass,
+    decide, DecisionRules, Distribution, ImageClass, RoomClass, RoomSubclass, SceneClass,
+    StageProbabilities, TaxonomyClass,
 };
 use serde::{Deserialize, Serialize};
 
@@ -144,13 +144,82 @@ pub struct TrainingRecord {
     pub notes: Vec<String>,
 }
 
+/// When labelling runs the mirrored second view of a photo (heads trained
+/// with `flip`): the second backbone pass costs as much as the first, and
+/// on most photos it changes nothing.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "snake_case")]
+pub enum SecondView {
+    /// On every photo (heads files from before the choice existed).
+    Always,
+    /// Only when the least sure decision of the first view's answer
+    /// ([`photolabel_taxonomy::Label::least_sure`]) is below this
+    /// probability; 0 never runs it.
+    Below(f32),
+}
+
+impl SecondView {
+    fn always() -> Self {
+        Self::Always
+    }
+
+    fn is_valid(self) -> bool {
+        match self {
+            Self::Always => true,
+            Self::Below(p) => (0.0..=1.0).contains(&p),
+        }
+    }
+}
+
+impl std::fmt::Display for SecondView {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Always => f.write_str("always"),
+            Self::Below(p) => write!(f, "below {p}"),
+        }
+    }
+}
+
+impl std::str::FromStr for SecondView {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let view = match s {
+            "always" => Self::Always,
+            "never" => Self::Below(0.0),
+            number => Self::Below(number.parse().map_err(|_| {
+                format!("{s:?} is not `always`, `never` or a probability between 0 and 1")
+            })?),
+        };
+        if !view.is_valid() {
+            return Err(format!("{s:?} is not a probability between 0 and 1"));
+        }
+        Ok(view)
+    }
+}
+
+/// What the heads made of a photo's views.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ViewsOutcome {
+    pub probabilities: StageProbabilities,
+    /// The embedding the probabilities came from: the first view's, or the
+    /// average of both.
+    pub embedding: Array1<f32>,
+    /// Views used (backbone passes the answer needed): 1 or 2.
+    pub views: usize,
+}
+
 /// The heads file.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Heads {
     pub format: String,
     /// sha256 of the backbone ONNX file these heads were trained on.
     pub backbone_sha256: String,
+    /// What the heads were trained on. With `flip`, labelling may also run
+    /// the mirrored view, as `second_view` says.
     pub preprocessing: Preprocessing,
+    /// Chosen by `photolabel train` on its hold-out.
+    #[serde(default = "SecondView::always")]
+    pub second_view: SecondView,
     pub image: LinearHead,
     pub room: LinearHead,
     pub scene: LinearHead,
@@ -203,7 +272,56 @@ impl Heads {
         self.room.validate::<RoomClass>()?;
         self.scene.validate::<SceneClass>()?;
         self.subclass.validate::<RoomSubclass>()?;
+        if !self.second_view.is_valid() {
+            return Err(HeadsError::Invalid(format!(
+                "second_view {} is not a probability between 0 and 1",
+                self.second_view
+            )));
+        }
         Ok(())
+    }
+
+    /// Whether labelling may run the mirrored view at all.
+    pub fn uses_second_view(&self) -> bool {
+        self.preprocessing.flip && self.second_view != SecondView::Below(0.0)
+    }
+
+    /// Whether a photo whose first view gave `first` gets the mirrored view.
+    pub fn wants_second_view(&self, first: &StageProbabilities) -> bool {
+        self.preprocessing.flip
+            && match self.second_view {
+                SecondView::Always => true,
+                SecondView::Below(p) => {
+                    decide(first, &DecisionRules::default()).least_sure() < f64::from(p)
+                }
+            }
+    }
+
+    /// Labels a photo from its views' embeddings (`[views, 1280]`, the
+    /// upright view first): the first view alone, or with the second
+    /// averaged in when [`Heads::wants_second_view`] and it is there. The
+    /// one rule for every caller — the model worker, which embeds the
+    /// mirrored view only after asking, and `eval` and `train`, which have
+    /// both views cached.
+    pub fn label_views(&self, views: ArrayView2<'_, f32>) -> ViewsOutcome {
+        let first = views.row(0);
+        let probabilities = self.stage_probabilities(first);
+        if views.nrows() < 2 || !self.wants_second_view(&probabilities) {
+            return ViewsOutcome {
+                probabilities,
+                embedding: first.to_owned(),
+                views: 1,
+            };
+        }
+        let embedding = views
+            .slice(ndarray::s![0..2, ..])
+            .mean_axis(Axis(0))
+            .expect("two rows");
+        ViewsOutcome {
+            probabilities: self.stage_probabilities(embedding.view()),
+            embedding,
+            views: 2,
+        }
     }
 
     /// Refuses heads trained on another backbone: their numbers would be
@@ -258,6 +376,7 @@ mod tests {
                 view: crate::image::View::Squash,
                 flip: true,
             },
+            second_view: SecondView::Always,
             image: head::<ImageClass>(1),
             room: head::<RoomClass>(1),
             scene: head::<SceneClass>(3),
@@ -279,6 +398,61 @@ mod tests {
         // softmax([0, 4, 0]) = e^4 / (e^4 + 2)
         let want = 4f64.exp() / (4f64.exp() + 2.0);
         assert!((p.image.top().1 - want).abs() < 1e-9);
+    }
+
+    #[test]
+    fn second_view_only_where_the_first_is_unsure() {
+        let mut h = heads();
+        // View 0 points (weakly) at outdoor/balcony-garden; view 1 nowhere.
+        let mut views = ndarray::Array2::<f32>::zeros((2, EMBEDDING_DIM));
+        views[[0, 0]] = 0.3;
+        let least_sure = decide(
+            &h.stage_probabilities(views.row(0)),
+            &DecisionRules::default(),
+        )
+        .least_sure() as f32;
+        assert!((0.3..0.5).contains(&least_sure), "{least_sure}");
+        let both = views.mean_axis(Axis(0)).unwrap();
+
+        let always = h.label_views(views.view());
+        assert_eq!(always.views, 2);
+        assert_eq!(always.embedding, both);
+
+        h.second_view = SecondView::Below(least_sure - 0.01);
+        let confident = h.label_views(views.view());
+        assert_eq!(confident.views, 1);
+        assert_eq!(confident.embedding, views.row(0));
+        assert_eq!(confident.probabilities, h.stage_probabilities(views.row(0)));
+
+        h.second_view = SecondView::Below(least_sure + 0.01);
+        assert_eq!(h.label_views(views.view()).views, 2);
+        // Only one view at hand: the answer is that view's.
+        assert_eq!(h.label_views(views.slice(ndarray::s![0..1, ..])).views, 1);
+        // Heads trained without the mirror never ask for it.
+        h.preprocessing.flip = false;
+        assert_eq!(h.label_views(views.view()).views, 1);
+        assert!(!h.uses_second_view());
+    }
+
+    #[test]
+    fn second_view_parses_and_round_trips() {
+        assert_eq!("always".parse::<SecondView>(), Ok(SecondView::Always));
+        assert_eq!("never".parse::<SecondView>(), Ok(SecondView::Below(0.0)));
+        assert_eq!("0.9".parse::<SecondView>(), Ok(SecondView::Below(0.9)));
+        assert!("1.5".parse::<SecondView>().is_err());
+        assert!("sometimes".parse::<SecondView>().is_err());
+        let mut h = heads();
+        h.second_view = SecondView::Below(0.85);
+        assert_eq!(Heads::from_json(&h.to_json()).unwrap(), h);
+        // A file without the field runs both views, as it was calibrated.
+        let mut old: serde_json::Value = serde_json::from_str(&heads().to_json()).unwrap();
+        old.as_object_mut().unwrap().remove("second_view");
+        assert_eq!(
+            Heads::from_json(&old.to_string()).unwrap().second_view,
+            SecondView::Always
+        );
+        h.second_view = SecondView::Below(-1.0);
+        assert!(Heads::from_json(&h.to_json()).is_err());
     }
 
     #[test]

@@ -8,7 +8,7 @@ use photolabel_taxonomy::StageProbabilities;
 use crate::backbone::{
     load_backbone, Backbone, BackboneModel, EngineConfig, EngineError, EMBEDDING_DIM, INPUT_SIZE,
 };
-use crate::heads::{Heads, HeadsError};
+use crate::heads::{Heads, HeadsError, SecondView};
 use crate::image::{Prepared, Preprocessing};
 
 #[derive(Debug, thiserror::Error)]
@@ -33,6 +33,8 @@ pub struct ModelConfig {
     pub backbone: Option<PathBuf>,
     /// A heads file instead of the embedded one.
     pub heads: Option<PathBuf>,
+    /// When to run the mirrored view, instead of what the heads file says.
+    pub second_view: Option<SecondView>,
     pub engine: EngineConfig,
 }
 
@@ -136,8 +138,10 @@ fn load_model(config: &ModelConfig) -> Result<BackboneModel, LabellerError> {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Labelled {
     pub probabilities: StageProbabilities,
-    /// The backbone embedding, views averaged.
+    /// The backbone embedding (of both views averaged where both ran).
     pub embedding: Vec<f32>,
+    /// Backbone passes the photo took: 1, or 2 with the mirrored view.
+    pub views: usize,
 }
 
 /// Owns the model. Not `Sync`: exactly one inference worker holds it.
@@ -161,10 +165,14 @@ impl Labeller {
         replicas: usize,
     ) -> Result<Vec<Self>, LabellerError> {
         let model = load_model(config)?;
-        let heads = match &config.heads {
+        let mut heads = match &config.heads {
             Some(path) => Heads::from_file(path)?,
             None => Heads::embedded()?,
         };
+        if let Some(second_view) = config.second_view {
+            heads.second_view = second_view;
+            heads.validate()?;
+        }
         heads.check_backbone(&model.sha256)?;
         let config = ModelConfig {
             engine: config.engine.for_replicas(replicas),
@@ -180,9 +188,15 @@ impl Labeller {
             .collect()
     }
 
-    /// The preprocessing the heads were trained with; `prepare` must use it.
+    /// The preprocessing `prepare` must use for [`Labeller::label`]: the
+    /// heads' own, but with only the upright view unless every photo gets
+    /// the mirrored one (then both are made in one go); where it is wanted,
+    /// the labeller mirrors the prepared view itself.
     pub fn preprocessing(&self) -> Preprocessing {
-        self.embedder.preprocessing
+        Preprocessing {
+            flip: self.heads.second_view == SecondView::Always && self.heads.preprocessing.flip,
+            ..self.embedder.preprocessing
+        }
     }
 
     pub fn engine_name(&self) -> &'static str {
@@ -201,14 +215,54 @@ impl Labeller {
         &mut self.embedder
     }
 
+    /// The embeddings of the views each photo of the batch needs
+    /// (`[views, 1280]`, upright first): the upright view, and the mirrored
+    /// one only for photos whose first answer is unsure
+    /// ([`Heads::wants_second_view`]), all of those in a second call.
+    /// Photos prepared with both views (the heads want both always) have
+    /// both run in the first call.
+    pub fn embed_needed_views(
+        &mut self,
+        batch: &[Prepared],
+    ) -> Result<Vec<Array2<f32>>, LabellerError> {
+        let first = self.embedder.embed_views(batch)?;
+        let mut views: Vec<Array2<f32>> = first.outer_iter().map(|v| v.to_owned()).collect();
+        if first.dim().1 > 1 || !self.heads.uses_second_view() {
+            return Ok(views);
+        }
+        let wanted: Vec<usize> = views
+            .iter()
+            .enumerate()
+            .filter(|(_, v)| {
+                self.heads
+                    .wants_second_view(&self.heads.stage_probabilities(v.row(0)))
+            })
+            .map(|(i, _)| i)
+            .collect();
+        if wanted.is_empty() {
+            return Ok(views);
+        }
+        let mirrored: Vec<Prepared> = wanted.iter().map(|&i| batch[i].mirrored()).collect();
+        let second = self.embedder.embed_views(&mirrored)?;
+        for (&i, extra) in wanted.iter().zip(second.outer_iter()) {
+            views[i] = ndarray::concatenate(Axis(0), &[views[i].view(), extra])
+                .map_err(|e| EngineError::Inference(e.to_string()))?;
+        }
+        Ok(views)
+    }
+
     /// Labels a batch of prepared photos (one result per photo, same order).
     pub fn label(&mut self, batch: &[Prepared]) -> Result<Vec<Labelled>, LabellerError> {
-        let embedding = self.embedder.embed(batch)?;
-        Ok(embedding
-            .outer_iter()
-            .map(|row| Labelled {
-                probabilities: self.heads.stage_probabilities(row),
-                embedding: row.to_vec(),
+        Ok(self
+            .embed_needed_views(batch)?
+            .iter()
+            .map(|views| {
+                let outcome = self.heads.label_views(views.view());
+                Labelled {
+                    probabilities: outcome.probabilities,
+                    embedding: outcome.embedding.to_vec(),
+                    views: outcome.views,
+                }
             })
             .collect())
     }

@@ -19,7 +19,7 @@ pub use backbone::{
     cores, default_replicas, Backbone, BackboneModel, BackboneOutput, EngineConfig, EngineError,
     EngineKind, EMBEDDING_DIM, INPUT_SIZE,
 };
-pub use heads::{Heads, HeadsError};
+pub use heads::{Heads, HeadsError, SecondView, ViewsOutcome};
 pub use image::{
     prepare, prepare_measured, ImageError, ImageLimits, PhotoStats, Prepared, Preprocessing, View,
 };

@@ -63,6 +63,7 @@ pub fn labelled(probabilities: &StageProbabilities) -> Labelled {
     Labelled {
         probabilities: probabilities.clone(),
         embedding: Vec::new(),
+        views: 1,
     }
 }
 

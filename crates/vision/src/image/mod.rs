@@ -71,6 +71,22 @@ pub struct Prepared {
     pub stats: Option<PhotoStats>,
 }
 
+impl Prepared {
+    /// The horizontally mirrored upright view, as `prepare` with `flip`
+    /// makes its second view (both mirror the resized pixels, so they are
+    /// the same numbers); no stats.
+    pub fn mirrored(&self) -> Self {
+        Self {
+            tensor: self
+                .tensor
+                .slice(ndarray::s![0..1, .., .., ..;-1])
+                .as_standard_layout()
+                .into_owned(),
+            stats: None,
+        }
+    }
+}
+
 /// Why a photo could not be prepared. Every variant is the client's fault
 /// (the HTTP layer answers 400 for all of them); the text is a short reason
 /// for logs.

@@ -334,6 +334,20 @@ fn flipped_view_is_the_mirror_of_the_first() {
         assert_eq!(first_view(&both), first_view(&single), "{view:?}");
         let mirrored = both.slice(s![0, .., .., ..;-1]);
         assert_eq!(both.slice(s![1, .., .., ..]), mirrored, "{view:?}");
+        // What the labeller runs when it wants the mirror after the fact.
+        let upright = prepare(
+            &bytes,
+            &ImageLimits::default(),
+            &Preprocessing { view, flip: false },
+        )
+        .unwrap();
+        let later = upright.mirrored().tensor;
+        assert_eq!(later.shape(), &[1, 3, N, N]);
+        assert!(later.is_standard_layout());
+        assert_eq!(
+            later.slice(s![0, .., .., ..]),
+            both.slice(s![1, .., .., ..])
+        );
     }
 }
 
