@@ -1,7 +1,10 @@
 """Label agreement between photolabel and the Python peer: uploads every
-photo to both servers, compares the leaf labels (room subclass, room, scene
-or `other`) and the whole answers, and fails (exit 1) below --min percent.
-With --cli, also checks the server against `photolabel label --format jsonl`.
+photo to both servers and compares the leaf labels (room subclass, room,
+scene or `other`) and the whole answers. The peer runs one view per photo
+and photolabel a second one where the first is unsure (issue 16), so that
+agreement is reported, not required. With --cli, photolabel's server is
+checked against `photolabel label --format jsonl` of the same photos — the
+same model, so it fails (exit 1) below --min percent of leaf labels.
 Standard library only.
 
   python bench/compare_labels.py --key KEY --ours URL --peer URL PHOTO...
@@ -71,7 +74,7 @@ def main() -> int:
         if not same:
             print(f"  differs: {photo.name}: photolabel {json.dumps(a)} | peer {json.dumps(b)}")
 
-    failed = agreement < args.min
+    failed = False
     if args.cli:
         by_path = {}
         for line in args.cli.read_text().splitlines():
@@ -83,7 +86,7 @@ def main() -> int:
         print(f"leaf labels, photolabel HTTP vs CLI: {cli_leaf}/{n} identical; whole answers: {cli_identical}/{n}")
         failed |= 100.0 * cli_leaf / n < args.min
     if failed:
-        print(f"FAIL: label agreement below {args.min} % (HTTP vs peer, or HTTP vs CLI)", file=sys.stderr)
+        print(f"FAIL: photolabel's HTTP and CLI leaf labels agree on fewer than {args.min} %", file=sys.stderr)
         return 1
     return 0
 

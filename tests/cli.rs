@@ -340,21 +340,23 @@ fn real_listing_photos_keep_their_accuracy() {
     assert!(get("/ece") <= REAL_ECE);
 }
 
-// Half a point under the committed model's figures (MODEL_CARD.md, issue 11:
-// image 0.9363, room 0.8790, scene 0.7964, leaf 0.8032, Houses 0.9867). Issue
-// 11 lowered the room, scene and leaf floors by about a point (from 0.882,
-// 0.802, 0.807): training on the real listing photos cost the research photos
-// that much, and the card says so.
-const VAL_IMAGE: f64 = 0.931;
-const VAL_ROOM: f64 = 0.874;
+// Half a point under the committed model's figures (MODEL_CARD.md, issue 16's
+// second-view rule: image 0.9375, room 0.8819, scene 0.7964, leaf 0.8071,
+// Houses 0.9867). Issue 11 had lowered the room, scene and leaf floors by
+// about a point (from 0.882, 0.802, 0.807): training on the real listing
+// photos cost the research photos that much, and the card says so; issue 16
+// won back some of it and raised them again.
+const VAL_IMAGE: f64 = 0.932;
+const VAL_ROOM: f64 = 0.877;
 const VAL_SCENE: f64 = 0.791;
-const VAL_LEAF: f64 = 0.798;
+const VAL_LEAF: f64 = 0.802;
 const VAL_HOUSES: f64 = 0.98;
 // val_real (issue 11: leaf 0.8060; es_gray 0.8256 of 430, vn_listings_dev
-// 0.7333 of 45, zind_empty_home 0.60 of 25; ECE 0.0288): half a point under
-// on the big groups, one photo under on the small ones.
+// 0.7333 of 45, zind_empty_home 0.60 of 25; ECE 0.0288, 0.0190 since issue
+// 16): half a point under on the big groups, one photo under on the small
+// ones.
 const REAL_LEAF: f64 = 0.80;
 const REAL_ES_GRAY: f64 = 0.82;
 const REAL_VN: f64 = 0.71;
 const REAL_ZIND: f64 = 0.56;
-const REAL_ECE: f64 = 0.035;
+const REAL_ECE: f64 = 0.025;
