@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use anyhow::Context;
 use photolabel_vision::augment::augment;
-use photolabel_vision::backbone::{load_backbone, BackboneModel, EngineConfig};
+use photolabel_vision::backbone::{load_backbone, BackboneModel, EngineConfig, Precision};
 use photolabel_vision::{prepare, ImageLimits, Preprocessing, View};
 
 /// Sources whose training photos get two augmented copies instead of one.
@@ -63,7 +63,8 @@ fn main() -> anyhow::Result<()> {
     let next = AtomicUsize::new(0);
     let (tx, rx) = std::sync::mpsc::channel::<(usize, String, Vec<f32>)>();
     let limits = ImageLimits::default();
-    let model = BackboneModel::embedded();
+    // fp32: the backbone the issue-11 study (MODEL_CARD.md) was measured on.
+    let model = BackboneModel::embedded(Precision::Fp32);
     std::thread::scope(|scope| -> anyhow::Result<()> {
         // One single-threaded engine per core: the photos are small.
         let mut workers = Vec::new();

@@ -17,9 +17,55 @@ pub const EMBEDDING_DIM: usize = 1280;
 /// Width of the ImageNet classifier output.
 pub const IMAGENET_CLASSES: usize = 1000;
 
-/// The backbone compiled into the binary, so `photolabel` runs from a fresh
-/// clone without any model download. Provenance: `models/README.md`.
-pub static EMBEDDED_BACKBONE: &[u8] = include_bytes!("../../../models/efficientnet-lite2.onnx");
+/// The backbones compiled into the binary, so `photolabel` runs from a
+/// fresh clone without any model download. Provenance: `models/README.md`.
+static EMBEDDED_FP32: &[u8] = include_bytes!("../../../models/efficientnet-lite2.onnx");
+static EMBEDDED_INT8: &[u8] = include_bytes!("../../../models/efficientnet-lite2-int8.onnx");
+
+/// The two built-in backbones: the same network, the int8 one statically
+/// quantised from the fp32 one (`tools/quantize_backbone.py`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Precision {
+    /// The default on ONNX Runtime: about twice the photos per core, and
+    /// labels within issue 16's accuracy rule of the fp32 model's
+    /// (BENCHMARKS.md, MODEL_CARD.md).
+    Int8,
+    /// What tract runs (it cannot run the quantised graph), and what the
+    /// golden embeddings of the Python reference are computed with.
+    Fp32,
+}
+
+impl Precision {
+    fn bytes(self) -> &'static [u8] {
+        match self {
+            Self::Int8 => EMBEDDED_INT8,
+            Self::Fp32 => EMBEDDED_FP32,
+        }
+    }
+}
+
+/// Which backbone to load: `--backbone int8|fp32|FILE`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum BackboneSource {
+    /// The built-in one that suits the engine: int8 on ONNX Runtime, fp32
+    /// on tract.
+    #[default]
+    Default,
+    Embedded(Precision),
+    File(PathBuf),
+}
+
+impl std::str::FromStr for BackboneSource {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "" => Err("expected int8, fp32 or the path of an ONNX file".into()),
+            "int8" => Ok(Self::Embedded(Precision::Int8)),
+            "fp32" => Ok(Self::Embedded(Precision::Fp32)),
+            path => Ok(Self::File(PathBuf::from(path))),
+        }
+    }
+}
 
 /// Where `scripts/setup-onnxruntime.sh` puts the pinned ONNX Runtime library.
 const DEV_ONNXRUNTIME: &str = concat!(
@@ -125,8 +171,28 @@ pub struct BackboneModel {
 }
 
 impl BackboneModel {
-    pub fn embedded() -> Self {
-        Self::from_bytes(std::borrow::Cow::Borrowed(EMBEDDED_BACKBONE))
+    pub fn embedded(precision: Precision) -> Self {
+        Self::from_bytes(std::borrow::Cow::Borrowed(precision.bytes()))
+    }
+
+    /// The backbone `source` names, for an engine `kind` that
+    /// [`resolve_engine`] has settled (`Ort` or `Tract`).
+    pub fn load(source: &BackboneSource, kind: EngineKind) -> Result<Self, EngineError> {
+        match source {
+            BackboneSource::File(path) => Self::from_file(path),
+            BackboneSource::Embedded(Precision::Int8) if kind == EngineKind::Tract => {
+                Err(EngineError::Load(
+                    "tract cannot run the int8 backbone (a quantised graph); \
+                     use --backbone fp32 or --engine ort"
+                        .into(),
+                ))
+            }
+            BackboneSource::Embedded(precision) => Ok(Self::embedded(*precision)),
+            BackboneSource::Default if kind == EngineKind::Tract => {
+                Ok(Self::embedded(Precision::Fp32))
+            }
+            BackboneSource::Default => Ok(Self::embedded(Precision::Int8)),
+        }
     }
 
     pub fn from_file(path: &Path) -> Result<Self, EngineError> {
@@ -141,27 +207,36 @@ impl BackboneModel {
     }
 }
 
+/// Settles `Auto` into the engine that will run: ONNX Runtime if its
+/// library loads, otherwise tract (with a warning). Done before the model
+/// is chosen, because the default backbone depends on the engine.
+pub fn resolve_engine(config: &EngineConfig) -> Result<EngineKind, EngineError> {
+    match config.kind {
+        EngineKind::Auto => match onnxruntime_environment(config.onnxruntime.as_deref()) {
+            Ok(_) => Ok(EngineKind::Ort),
+            Err(EngineError::OrtUnavailable(reason)) => {
+                tracing::warn!(
+                    %reason,
+                    "ONNX Runtime is not available; using the slower pure-Rust tract engine"
+                );
+                Ok(EngineKind::Tract)
+            }
+            Err(other) => Err(other),
+        },
+        kind => Ok(kind),
+    }
+}
+
 /// Builds the configured engine, falling back from ONNX Runtime to tract in
 /// `Auto` mode.
 pub fn load_backbone(
     model: &BackboneModel,
     config: &EngineConfig,
 ) -> Result<Box<dyn Backbone>, EngineError> {
-    match config.kind {
-        EngineKind::Tract => Ok(Box::new(TractBackbone::new(&model.bytes)?)),
-        EngineKind::Ort => Ok(Box::new(OrtBackbone::new(&model.bytes, config)?)),
-        EngineKind::Auto => match OrtBackbone::new(&model.bytes, config) {
-            Ok(engine) => Ok(Box::new(engine)),
-            Err(EngineError::OrtUnavailable(reason)) => {
-                tracing::warn!(
-                    %reason,
-                    "ONNX Runtime is not available; using the slower pure-Rust tract engine"
-                );
-                Ok(Box::new(TractBackbone::new(&model.bytes)?))
-            }
-            Err(other) => Err(other),
-        },
-    }
+    Ok(match resolve_engine(config)? {
+        EngineKind::Tract => Box::new(TractBackbone::new(&model.bytes)?),
+        EngineKind::Ort | EngineKind::Auto => Box::new(OrtBackbone::new(&model.bytes, config)?),
+    })
 }
 
 fn check_input(input: &ArrayView4<'_, f32>) -> Result<(), EngineError> {
@@ -348,5 +423,22 @@ impl Backbone for TractBackbone {
             }
         }
         Ok(BackboneOutput { embedding, logits })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backbone_source_names_the_built_in_ones_and_takes_any_other_as_a_path() {
+        let parse = |s: &str| s.parse::<BackboneSource>();
+        assert_eq!(parse("int8"), Ok(BackboneSource::Embedded(Precision::Int8)));
+        assert_eq!(parse("fp32"), Ok(BackboneSource::Embedded(Precision::Fp32)));
+        assert_eq!(
+            parse("models/x.onnx"),
+            Ok(BackboneSource::File(PathBuf::from("models/x.onnx")))
+        );
+        assert!(parse("").is_err());
     }
 }

@@ -15,8 +15,12 @@ use serde::{Deserialize, Serialize};
 use crate::backbone::EMBEDDING_DIM;
 use crate::image::Preprocessing;
 
-/// The heads compiled into the binary; they belong to the embedded backbone.
-pub static EMBEDDED_HEADS: &str = include_str!("../../../models/heads.json");
+/// The heads compiled into the binary, one file per built-in backbone
+/// (int8 and fp32); each names the backbone it was trained on.
+static EMBEDDED_HEADS: [&str; 2] = [
+    include_str!("../../../models/heads-int8.json"),
+    include_str!("../../../models/heads.json"),
+];
 
 /// Identifies the file type; bumped when the layout changes.
 /// `/2`: the room subclass is a trained head (in `/1` it was a constant).
@@ -36,6 +40,11 @@ pub enum HeadsError {
          retrain them with `photolabel train` or load the backbone they belong to"
     )]
     BackboneMismatch { expected: String, actual: String },
+    #[error(
+        "no heads are built in for backbone sha256 {0}; pass --heads with heads \
+         `photolabel train` made for it"
+    )]
+    NoEmbeddedHeads(String),
 }
 
 /// One linear softmax classifier: `softmax((W·x + b) / T)`.
@@ -229,8 +238,15 @@ pub struct Heads {
 }
 
 impl Heads {
-    pub fn embedded() -> Result<Self, HeadsError> {
-        Self::from_json(EMBEDDED_HEADS)
+    /// The built-in heads trained on the backbone with this sha256.
+    pub fn embedded_for(backbone_sha256: &str) -> Result<Self, HeadsError> {
+        for json in EMBEDDED_HEADS {
+            let heads = Self::from_json(json)?;
+            if heads.backbone_sha256 == backbone_sha256 {
+                return Ok(heads);
+            }
+        }
+        Err(HeadsError::NoEmbeddedHeads(backbone_sha256.to_owned()))
     }
 
     pub fn from_file(path: &Path) -> Result<Self, HeadsError> {
@@ -473,6 +489,24 @@ mod tests {
             "{err}"
         );
         heads().check_backbone("abc").unwrap();
+    }
+
+    /// Each built-in backbone finds its own built-in heads; any other
+    /// backbone is told to bring heads of its own.
+    #[test]
+    fn built_in_heads_follow_the_backbone() {
+        use crate::backbone::{BackboneModel, Precision};
+        for precision in [Precision::Int8, Precision::Fp32] {
+            let sha = BackboneModel::embedded(precision).sha256;
+            let heads = Heads::embedded_for(&sha).unwrap();
+            assert_eq!(heads.backbone_sha256, sha, "{precision:?}");
+        }
+        let err = Heads::embedded_for("0123").unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("no heads are built in for backbone sha256 0123"),
+            "{err}"
+        );
     }
 
     #[test]

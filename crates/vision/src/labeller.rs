@@ -6,7 +6,8 @@ use ndarray::{s, Array2, Array3, Array4, Axis};
 use photolabel_taxonomy::StageProbabilities;
 
 use crate::backbone::{
-    load_backbone, Backbone, BackboneModel, EngineConfig, EngineError, EMBEDDING_DIM, INPUT_SIZE,
+    load_backbone, resolve_engine, Backbone, BackboneModel, BackboneSource, EngineConfig,
+    EngineError, EMBEDDING_DIM, INPUT_SIZE,
 };
 use crate::heads::{Heads, HeadsError, SecondView};
 use crate::image::{Prepared, Preprocessing};
@@ -29,9 +30,9 @@ pub enum LabellerError {
 /// backbone and heads compiled into the binary, on ONNX Runtime if present.
 #[derive(Debug, Clone, Default)]
 pub struct ModelConfig {
-    /// A backbone ONNX file instead of the embedded one.
-    pub backbone: Option<PathBuf>,
-    /// A heads file instead of the embedded one.
+    /// Which backbone: by default the built-in one that suits the engine.
+    pub backbone: BackboneSource,
+    /// A heads file instead of the built-in heads of the loaded backbone.
     pub heads: Option<PathBuf>,
     /// When to run the mirrored view, instead of what the heads file says.
     pub second_view: Option<SecondView>,
@@ -48,8 +49,8 @@ pub struct Embedder {
 
 impl Embedder {
     pub fn load(config: &ModelConfig, preprocessing: Preprocessing) -> Result<Self, LabellerError> {
-        let model = load_model(config)?;
-        Self::new(&model, config, preprocessing)
+        let (model, config) = load_model(config)?;
+        Self::new(&model, &config, preprocessing)
     }
 
     fn new(
@@ -126,11 +127,13 @@ impl Embedder {
     }
 }
 
-fn load_model(config: &ModelConfig) -> Result<BackboneModel, LabellerError> {
-    Ok(match &config.backbone {
-        Some(path) => BackboneModel::from_file(path)?,
-        None => BackboneModel::embedded(),
-    })
+/// The backbone to load, and the configuration with its engine settled
+/// (the default backbone depends on the engine).
+fn load_model(config: &ModelConfig) -> Result<(BackboneModel, ModelConfig), LabellerError> {
+    let mut config = config.clone();
+    config.engine.kind = resolve_engine(&config.engine)?;
+    let model = BackboneModel::load(&config.backbone, config.engine.kind)?;
+    Ok((model, config))
 }
 
 /// What labelling one photo gives: the per-stage probabilities, and the
@@ -164,10 +167,10 @@ impl Labeller {
         config: &ModelConfig,
         replicas: usize,
     ) -> Result<Vec<Self>, LabellerError> {
-        let model = load_model(config)?;
+        let (model, config) = load_model(config)?;
         let mut heads = match &config.heads {
             Some(path) => Heads::from_file(path)?,
-            None => Heads::embedded()?,
+            None => Heads::embedded_for(&model.sha256)?,
         };
         if let Some(second_view) = config.second_view {
             heads.second_view = second_view;
@@ -176,7 +179,7 @@ impl Labeller {
         heads.check_backbone(&model.sha256)?;
         let config = ModelConfig {
             engine: config.engine.for_replicas(replicas),
-            ..config.clone()
+            ..config
         };
         (0..replicas.max(1))
             .map(|_| {

@@ -16,8 +16,8 @@ pub mod labeller;
 pub mod train;
 
 pub use backbone::{
-    cores, default_replicas, Backbone, BackboneModel, BackboneOutput, EngineConfig, EngineError,
-    EngineKind, EMBEDDING_DIM, INPUT_SIZE,
+    cores, default_replicas, Backbone, BackboneModel, BackboneOutput, BackboneSource, EngineConfig,
+    EngineError, EngineKind, Precision, EMBEDDING_DIM, INPUT_SIZE,
 };
 pub use heads::{Heads, HeadsError, SecondView, ViewsOutcome};
 pub use image::{

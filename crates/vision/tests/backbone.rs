@@ -4,7 +4,8 @@
 use std::path::PathBuf;
 
 use photolabel_vision::{
-    prepare, Embedder, EngineConfig, EngineKind, ImageLimits, ModelConfig, Preprocessing, View,
+    prepare, BackboneModel, BackboneSource, Embedder, EngineConfig, EngineKind, ImageLimits,
+    ModelConfig, Precision, Preprocessing, View,
 };
 
 fn fixture(name: &str) -> Vec<u8> {
@@ -16,21 +17,32 @@ fn fixture(name: &str) -> Vec<u8> {
 
 const GOLDEN: [&str; 3] = ["kitchen.jpg", "facade.jpg", "floorplan.jpg"];
 
+/// How close the int8 backbone's embeddings must stay to the fp32
+/// reference's (cosine); measured values are printed by the test.
+const INT8_MIN_COSINE: f32 = 0.97;
+
 /// The view `tools/reference_embeddings.py` computed the golden values with.
 const REFERENCE_VIEW: Preprocessing = Preprocessing {
     view: View::Squash,
     flip: false,
 };
 
-fn embedder(kind: EngineKind) -> Embedder {
-    let config = ModelConfig {
+fn config(kind: EngineKind, backbone: BackboneSource) -> ModelConfig {
+    ModelConfig {
         engine: EngineConfig {
             kind,
             threads: 1,
             onnxruntime: None,
         },
+        backbone,
         ..ModelConfig::default()
-    };
+    }
+}
+
+/// The fp32 backbone: the golden values are its graph's (int8 is compared
+/// with them below).
+fn embedder(kind: EngineKind) -> Embedder {
+    let config = config(kind, BackboneSource::Embedded(Precision::Fp32));
     Embedder::load(&config, REFERENCE_VIEW).expect("the embedded backbone loads")
 }
 
@@ -90,6 +102,51 @@ fn embeddings_match_the_python_reference() {
         assert!(cos >= 0.99, "{name}: cosine {cos}");
         assert!(mean_abs <= 0.02, "{name}: mean abs diff {mean_abs}");
     }
+}
+
+/// The int8 backbone, the default on ONNX Runtime, is the same network:
+/// its embeddings stay close to the fp32 reference's (measured values are
+/// printed; the accuracy that matters is in MODEL_CARD.md).
+#[test]
+fn int8_backbone_stays_close_to_the_reference() {
+    let config = config(EngineKind::Ort, BackboneSource::Default);
+    let mut int8 = Embedder::load(&config, REFERENCE_VIEW).expect("the int8 backbone loads");
+    assert_eq!(
+        int8.backbone_sha256(),
+        BackboneModel::embedded(Precision::Int8).sha256,
+        "ONNX Runtime runs the int8 backbone by default"
+    );
+    for name in GOLDEN {
+        let cos = cosine(&embed(&mut int8, name), &golden(name));
+        println!("{name}: int8 cosine to the fp32 reference {cos:.5}");
+        assert!(cos >= INT8_MIN_COSINE, "{name}: cosine {cos}");
+    }
+}
+
+/// tract cannot run a quantised graph, so its default is the fp32 backbone,
+/// and asking it for int8 is a clear error rather than tract's own.
+#[test]
+fn tract_runs_the_fp32_backbone() {
+    let engine = Embedder::load(
+        &config(EngineKind::Tract, BackboneSource::Default),
+        REFERENCE_VIEW,
+    )
+    .unwrap();
+    assert_eq!(
+        engine.backbone_sha256(),
+        BackboneModel::embedded(Precision::Fp32).sha256
+    );
+    let err = Embedder::load(
+        &config(EngineKind::Tract, BackboneSource::Embedded(Precision::Int8)),
+        REFERENCE_VIEW,
+    )
+    .err()
+    .expect("tract refuses int8");
+    assert!(
+        err.to_string()
+            .contains("tract cannot run the int8 backbone"),
+        "{err}"
+    );
 }
 
 /// ONNX Runtime and tract run the same graph: their embeddings agree to 1e-3.
