@@ -34,24 +34,21 @@ import time
 import numpy as np
 import onnx
 import onnxruntime as ort
-from PIL import Image, ImageOps
+from PIL import Image
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import log_loss
 from sklearn.preprocessing import StandardScaler
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
+sys.path.insert(0, os.path.join(ROOT, "bench", "peer"))
+from model import prepare  # noqa: E402  (the peers' own pipeline, at any size)
 DATA = os.path.join(ROOT, "..", "shared", "data")
-NORMALISE = ((np.arange(256, dtype=np.float32) / np.float32(255) - np.float32(0.498))
-             / np.float32(0.502)).astype(np.float32)
 LARGE_SOURCES = {"vn_listings_dev", "houses_dataset"}
 
 
-def prepare(data, size):
+def short_side(data):
     with Image.open(io.BytesIO(data)) as image:
-        short = min(image.size)
-        image.draft("RGB", (size, size))
-        image = ImageOps.exif_transpose(image).convert("RGB").resize((size, size), Image.Resampling.BICUBIC)
-        return NORMALISE[np.asarray(image)].transpose(2, 0, 1), short
+        return min(image.size)
 
 
 def session():
@@ -75,7 +72,7 @@ def embed(rows, size, out):
     start = time.time()
     for i, r in enumerate(rows):
         data = open(os.path.join(DATA, r["path"]), "rb").read()
-        pixels, short[i] = prepare(data, size)
+        pixels, short[i] = prepare(data, size), short_side(data)
         (embeddings[i],) = sess.run(["embedding"], {"input": pixels[None]})[0]
         if i % 1000 == 999:
             print(f"  {size} px: {i + 1}/{len(rows)} photos, {time.time() - start:.0f} s", file=sys.stderr, flush=True)
@@ -164,7 +161,7 @@ def main():
         for _ in range(3):
             for data in datas:
                 t0 = time.perf_counter()
-                pixels, _ = prepare(data, size)
+                pixels = prepare(data, size)
                 t1 = time.perf_counter()
                 sess.run(["embedding"], {"input": pixels[None]})
                 infer.append(time.perf_counter() - t1)

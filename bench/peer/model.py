@@ -49,21 +49,22 @@ def confidence(p: float) -> str:
     return str(round(min(max(p * 100, 0.0), 100.0), 2))
 
 
-def prepare(data: bytes) -> np.ndarray:
-    """Bytes → [3, 260, 260]: the upright photo squashed to 260×260
-    (bicubic), normalised. Raises on anything Pillow cannot read."""
+def prepare(data: bytes, size: int = SIZE) -> np.ndarray:
+    """Bytes → [3, size, size]: the upright photo squashed to size×size
+    (bicubic), normalised. Raises on anything Pillow cannot read. Other
+    sizes than the backbone's 260 are for tools/decode_size_study.py."""
     with Image.open(io.BytesIO(data)) as image:
         if image.format not in ("JPEG", "PNG", "WEBP"):
             raise ValueError(f"format {image.format}")
-        # Decode JPEGs at 1/2, 1/4 or 1/8 size when that still leaves ≥ 260 px.
-        image.draft("RGB", (SIZE, SIZE))
+        # Decode JPEGs at 1/2, 1/4 or 1/8 size when that still leaves ≥ size px.
+        image.draft("RGB", (size, size))
         image = ImageOps.exif_transpose(image)
         if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
             # Transparent floor plans and logos: composite on white, as photolabel does.
             rgba = image.convert("RGBA")
             image = Image.new("RGB", rgba.size, (255, 255, 255))
             image.paste(rgba, mask=rgba.getchannel("A"))
-        image = image.convert("RGB").resize((SIZE, SIZE), Image.Resampling.BICUBIC)
+        image = image.convert("RGB").resize((size, size), Image.Resampling.BICUBIC)
         return NORMALISE[np.asarray(image)].transpose(2, 0, 1)  # HWC → CHW
 
 

@@ -178,21 +178,21 @@ impl BackboneModel {
     /// The backbone `source` names, for an engine `kind` that
     /// [`resolve_engine`] has settled (`Ort` or `Tract`).
     pub fn load(source: &BackboneSource, kind: EngineKind) -> Result<Self, EngineError> {
-        match source {
-            BackboneSource::File(path) => Self::from_file(path),
-            BackboneSource::Embedded(Precision::Int8) if kind == EngineKind::Tract => {
-                Err(EngineError::Load(
-                    "tract cannot run the int8 backbone (a quantised graph); \
-                     use --backbone fp32 or --engine ort"
-                        .into(),
-                ))
-            }
-            BackboneSource::Embedded(precision) => Ok(Self::embedded(*precision)),
-            BackboneSource::Default if kind == EngineKind::Tract => {
-                Ok(Self::embedded(Precision::Fp32))
-            }
-            BackboneSource::Default => Ok(Self::embedded(Precision::Int8)),
+        let tract = kind == EngineKind::Tract;
+        let precision = match source {
+            BackboneSource::File(path) => return Self::from_file(path),
+            BackboneSource::Embedded(precision) => *precision,
+            BackboneSource::Default if tract => Precision::Fp32,
+            BackboneSource::Default => Precision::Int8,
+        };
+        if tract && precision == Precision::Int8 {
+            return Err(EngineError::Load(
+                "tract cannot run the int8 backbone (a quantised graph); \
+                 use --backbone fp32 or --engine ort"
+                    .into(),
+            ));
         }
+        Ok(Self::embedded(precision))
     }
 
     pub fn from_file(path: &Path) -> Result<Self, EngineError> {
