@@ -1,5 +1,6 @@
 //! Dumps, for every row of a labels CSV, the backbone's embedding and
-//! ImageNet logits (1280 + 1000 floats) of the photo and its mirror image,
+//! ImageNet logits (1608 + 1000 floats; 1280 + 1000 before the mid-level
+//! context of 2026-12-03) of the photo and its mirror image,
 //! and of augmented copies of the `train` rows (two for the real-listing
 //! sources and Houses, one for the others), for the head-lever study of
 //! `tools/head_levers.py` (MODEL_CARD.md, "What was tried for real listing
@@ -9,7 +10,7 @@
 //! ```text
 //! cargo run --release --example dump_features -- ../shared/data/labels.csv OUT_DIR
 //! ```
-//! writes `OUT_DIR/features.f32` (rows × 2280 little-endian f32) and
+//! writes `OUT_DIR/features.f32` (rows × 2608 little-endian f32) and
 //! `OUT_DIR/index.csv` (`csv row, view`: `o0` photo, `o1` mirror, `aN_0` copy N).
 
 use std::io::Write;

@@ -336,30 +336,31 @@ fn real_listing_photos_keep_their_accuracy() {
     assert!(get("/by_source/es_gray/leaf/accuracy") >= REAL_ES_GRAY);
     assert!(get("/by_source/vn_listings_dev/leaf/accuracy") >= REAL_VN);
     assert!(get("/by_source/zind_empty_home/leaf/accuracy") >= REAL_ZIND);
-    assert!(room("precision") >= 0.60 && room("recall") >= 0.60);
+    assert!(room("precision") >= REAL_EMPTY_ROOM && room("recall") >= REAL_EMPTY_ROOM);
     assert!(get("/ece") <= REAL_ECE);
 }
 
-// Half a point under the fp32 model's figures of issue 16's second-view rule
-// (image 0.9375, room 0.8819, scene 0.7964, leaf 0.8071, Houses 0.9867),
-// which is also issue 16's accuracy rule for the int8 default that these
-// now check (image 0.9369, room 0.8790, scene 0.7949, leaf 0.8026, Houses
-// 0.9867; MODEL_CARD.md). Issue 11 had lowered the room, scene and leaf
-// floors by about a point (from 0.882, 0.802, 0.807): training on the real
-// listing photos cost the research photos that much, and the card says so;
-// issue 16 won back some of it and raised them again.
-const VAL_IMAGE: f64 = 0.932;
-const VAL_ROOM: f64 = 0.877;
+// Half a point under the committed model's figures (MODEL_CARD.md): the
+// int8 default with the mid-level context of issue 11 gives image 0.9418,
+// room 0.8776, scene 0.7949, leaf 0.8045, Houses 0.9867. Room is 0.14
+// points below the int8 model before the context (0.8790; issue 16's rule
+// allows 0.5), so its floor moved from 0.877 to 0.872 with the half-point
+// rule; image rose and was raised; scene and leaf keep theirs. (Before
+// issue 11 they were image 0.933, room 0.882, scene 0.802, leaf 0.807:
+// training on the real listing photos cost the research photos about a
+// point, and the card says so.)
+const VAL_IMAGE: f64 = 0.936;
+const VAL_ROOM: f64 = 0.872;
 const VAL_SCENE: f64 = 0.791;
 const VAL_LEAF: f64 = 0.802;
 const VAL_HOUSES: f64 = 0.98;
-// val_real (issue 11: leaf 0.8060; es_gray 0.8256 of 430, vn_listings_dev
-// 0.7333 of 45, zind_empty_home 0.60 of 25; ECE 0.0288, 0.0190 since issue
-// 16): half a point under on the big groups, one photo under on the small
-// ones. The int8 default gives leaf 0.816, es_gray 0.837, the small groups
-// the same, ECE 0.016.
-const REAL_LEAF: f64 = 0.80;
-const REAL_ES_GRAY: f64 = 0.82;
+// val_real, with the context: leaf 0.8260, es_gray 0.8465 of 430,
+// vn_listings_dev 0.7333 of 45, zind_empty_home 0.64 of 25, empty room
+// P / R 0.82 / 0.82 of 17, ECE 0.0197. Half a point under on the big
+// groups, one photo under on the small ones.
+const REAL_LEAF: f64 = 0.821;
+const REAL_ES_GRAY: f64 = 0.841;
 const REAL_VN: f64 = 0.71;
-const REAL_ZIND: f64 = 0.56;
+const REAL_ZIND: f64 = 0.60;
+const REAL_EMPTY_ROOM: f64 = 0.76;
 const REAL_ECE: f64 = 0.025;

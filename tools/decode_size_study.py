@@ -67,13 +67,16 @@ def embed(rows, size, out):
         saved = np.load(path)
         return saved["embeddings"], saved["short"]
     sess = session()
-    embeddings = np.zeros((len(rows), 1280), np.float32)
+    embeddings = None
     short = np.zeros(len(rows), np.int32)
     start = time.time()
     for i, r in enumerate(rows):
         data = open(os.path.join(DATA, r["path"]), "rb").read()
         pixels, short[i] = prepare(data, size), short_side(data)
-        (embeddings[i],) = sess.run(["embedding"], {"input": pixels[None]})[0]
+        (embedding,) = sess.run(["embedding"], {"input": pixels[None]})[0]
+        if embeddings is None:  # the backbone's width: 1608 since the mid-level context
+            embeddings = np.zeros((len(rows), embedding.shape[0]), np.float32)
+        embeddings[i] = embedding
         if i % 1000 == 999:
             print(f"  {size} px: {i + 1}/{len(rows)} photos, {time.time() - start:.0f} s", file=sys.stderr, flush=True)
     np.savez(path, embeddings=embeddings, short=short)

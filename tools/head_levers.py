@@ -10,7 +10,7 @@ softmax regression, L2 and temperature chosen by hold-out NLL on the same
 sha256-of-the-file-name hold-out, final refit on all train rows — with one
 lever changed at a time:
 
-  --features emb|emb+logits   the 1280-d embedding, or with the backbone's
+  --features emb|emb+logits   the 1608-d embedding, or with the backbone's
                               1000 ImageNet log-probabilities appended
   --listing-weight W          weight of real-listing-source rows in the fit
   --augmented                 the augmented copies as extra training rows
@@ -32,7 +32,7 @@ import numpy as np
 from sklearn.linear_model import LogisticRegression
 from sklearn.neural_network import MLPClassifier
 
-EMB, WIDTH = 1280, 2280
+EMB, WIDTH = 1608, 2608  # 1280, 2280 before tools/add_context_features.py
 IMAGE = ['indoor', 'outdoor', 'other']
 ROOM = ['living_room', 'kitchen', 'bathroom', 'bedroom', 'other_room']
 SUB = ['hall_corridor', 'room', 'scullery']

@@ -1,7 +1,7 @@
 """Head-type study on cached embeddings (not used by the product or tests).
 
 Reads the embedding cache that `photolabel train --cache .cache/emb` writes
-(records: u32 key length, key, u32 view count, views × 1280 f32) and fits
+(records: u32 key length, key, u32 view count, views × 1608 f32) and fits
 scikit-learn heads on the train split minus the calibration hold-out (the
 same sha256 rule as crates/vision/src/train.rs), printing hold-out NLL and
 accuracy (what a choice may be based on) and val accuracy (for the record).
@@ -25,7 +25,7 @@ from sklearn.metrics import log_loss
 from sklearn.neural_network import MLPClassifier
 from sklearn.preprocessing import StandardScaler
 
-DIM = 1280
+DIM = 1608  # 1280 before tools/add_context_features.py
 LABELS = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "labels.csv")
 ROOMS = {"living_room", "kitchen", "bathroom", "bedroom", "other_room", "indoor_unmapped"}
 

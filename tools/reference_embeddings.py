@@ -9,7 +9,10 @@ Writes, under tests/fixtures/:
     Rust preprocessing agreement tests (crates/vision/src/image/tests.rs);
   - bench/*.jpg: generated benchmark photos (tiled/upscaled fixtures, q=90);
   - formats/kitchen_cmyk.jpg: a small CMYK (Adobe) JPEG made from the kitchen photo,
-    to check colour conversion of CMYK JPEGs against Pillow.
+    to check colour conversion of CMYK JPEGs against Pillow;
+  - formats/old_layout_backbone.onnx: a tiny graph with the outputs of a backbone
+    export before the mid-level context (embedding 1280 wide), which photolabel
+    must refuse at load (needs `onnx` too).
 
 Pinned versions this was run with: Pillow 13.0.0, numpy 2.4.6,
 onnxruntime 1.32.0 (Python 3.11). Other versions may change the generated
@@ -18,8 +21,9 @@ bytes slightly; rerun and re-measure the Rust tolerances if you upgrade.
 Tests do not run this script; its outputs are committed. Run from anywhere:
     python3 tools/reference_embeddings.py   # in a venv with the versions above
 
-Rerun whenever models/efficientnet-lite2.onnx changes (last: 2026-11-28, the
-fine-tuned backbone; only golden_embeddings.json changed).
+Rerun whenever models/efficientnet-lite2.onnx changes (last: 2026-12-03, the
+mid-level context of tools/add_context_features.py, 1608 wide; only
+golden_embeddings.json changed).
 """
 
 import hashlib
@@ -85,9 +89,34 @@ def make_cmyk():
     im.convert("CMYK").save(FORMATS / "kitchen_cmyk.jpg", quality=92)
 
 
+def make_old_layout_backbone():
+    """A tiny stand-in for a backbone export without the mid-level context:
+    the right input, `embedding` [N, 1280] and `logits` [N, 1000], made of
+    a mean and two constant matrices. photolabel must refuse it at load."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    ones = lambda name, cols: helper.make_tensor(name, TensorProto.FLOAT, [3, cols], [1.0] * (3 * cols))
+    graph = helper.make_graph(
+        [helper.make_node("ReduceMean", ["input"], ["rgb"], axes=[2, 3], keepdims=0),
+         helper.make_node("MatMul", ["rgb", "to_embedding"], ["embedding"]),
+         helper.make_node("MatMul", ["rgb", "to_logits"], ["logits"])],
+        "old_layout",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 3, 260, 260])],
+        [helper.make_tensor_value_info("embedding", TensorProto.FLOAT, ["batch", 1280]),
+         helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 1000])],
+        [ones("to_embedding", 1280), ones("to_logits", 1000)],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 7
+    onnx.checker.check_model(model)
+    onnx.save(model, FORMATS / "old_layout_backbone.onnx")
+
+
 def main():
     make_bench()
     make_cmyk()
+    make_old_layout_backbone()
     REFERENCE.mkdir(parents=True, exist_ok=True)
 
     # Pillow's preprocessing, stored as the 8-bit images it produced.
@@ -109,7 +138,7 @@ def main():
         x = normalise(squash(load_upright_rgb(PHOTOS / name)))
         (embedding,) = session.run(["embedding"], {"input": x})
         photos[name] = [round(float(v), 6) for v in embedding.reshape(-1)]
-        assert len(photos[name]) == 1280, name
+        assert len(photos[name]) == 1608, name  # tools/add_context_features.py
 
     out = {
         "model_sha256": model_sha256,

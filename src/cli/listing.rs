@@ -146,7 +146,7 @@ pub fn run(args: ListingArgs) -> anyhow::Result<std::process::ExitCode> {
                             let outcome = heads.label_views(embedding.views.view());
                             PhotoOutcome::Labelled(PhotoFacts {
                                 label: decide(&outcome.probabilities, &rules),
-                                embedding: outcome.embedding.to_vec(),
+                                embedding: outcome.pooled(),
                                 stats,
                             })
                         }

@@ -12,8 +12,16 @@ use sha2::{Digest, Sha256};
 
 /// Side of the square input the backbone was exported for.
 pub const INPUT_SIZE: usize = 260;
-/// Width of the pooled feature the heads are trained on.
-pub const EMBEDDING_DIM: usize = 1280;
+/// Width of the embedding the heads are trained on (the backbone's
+/// `embedding` output): the last layer's pooled features
+/// ([`POOLED_DIM`]), then the pooled inputs of blocks 14 (120) and 20 (208),
+/// the mid-level context `tools/add_context_features.py` adds to the graph
+/// (issue 11: it lowered every head's hold-out NLL, from the same pass).
+pub const EMBEDDING_DIM: usize = 1608;
+/// The leading part of the embedding: the last layer's 1280 pooled
+/// features, which the ImageNet `logits` are computed from and which the
+/// listing's duplicate search compares (its thresholds were set on them).
+pub const POOLED_DIM: usize = 1280;
 /// Width of the ImageNet classifier output.
 pub const IMAGENET_CLASSES: usize = 1000;
 
@@ -111,7 +119,7 @@ pub enum EngineError {
 /// What the backbone says about a batch: one row per photo.
 #[derive(Debug, Clone)]
 pub struct BackboneOutput {
-    /// `[N, 1280]`: the pooled feature the heads use.
+    /// `[N, EMBEDDING_DIM]`: the features the heads use.
     pub embedding: Array2<f32>,
     /// `[N, 1000]`: ImageNet logits.
     pub logits: Array2<f32>,
@@ -233,9 +241,25 @@ pub fn load_backbone(
     model: &BackboneModel,
     config: &EngineConfig,
 ) -> Result<Box<dyn Backbone>, EngineError> {
-    Ok(match resolve_engine(config)? {
+    let mut backbone: Box<dyn Backbone> = match resolve_engine(config)? {
         EngineKind::Tract => Box::new(TractBackbone::new(&model.bytes)?),
         EngineKind::Ort | EngineKind::Auto => Box::new(OrtBackbone::new(&model.bytes, config)?),
+    };
+    check_output_widths(backbone.as_mut())?;
+    Ok(backbone)
+}
+
+/// Runs one blank photo so that a `--backbone FILE` of another layout (an
+/// export without the mid-level context, another network) is refused at
+/// load with a reason, not on every photo afterwards.
+fn check_output_widths(backbone: &mut dyn Backbone) -> Result<(), EngineError> {
+    let blank = ndarray::Array4::<f32>::zeros((1, 3, INPUT_SIZE, INPUT_SIZE));
+    backbone.infer(blank.view()).map(drop).map_err(|e| {
+        EngineError::Load(format!(
+            "the backbone does not have photolabel's outputs (`embedding` [N, {EMBEDDING_DIM}], \
+             `logits` [N, {IMAGENET_CLASSES}]): {e}; an EfficientNet-Lite2 export gets the \
+             embedding's mid-level context from tools/add_context_features.py"
+        ))
     })
 }
 

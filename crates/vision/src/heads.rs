@@ -12,7 +12,7 @@ use photolabel_taxonomy::{
 };
 use serde::{Deserialize, Serialize};
 
-use crate::backbone::EMBEDDING_DIM;
+use crate::backbone::{EMBEDDING_DIM, POOLED_DIM};
 use crate::image::Preprocessing;
 
 /// The heads compiled into the binary, one file per built-in backbone
@@ -217,6 +217,14 @@ pub struct ViewsOutcome {
     pub views: usize,
 }
 
+impl ViewsOutcome {
+    /// The last layer's pooled features of [`ViewsOutcome::embedding`]:
+    /// what the listing's duplicate search compares.
+    pub fn pooled(&self) -> Vec<f32> {
+        self.embedding.slice(ndarray::s![..POOLED_DIM]).to_vec()
+    }
+}
+
 /// The heads file.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Heads {
@@ -313,7 +321,7 @@ impl Heads {
             }
     }
 
-    /// Labels a photo from its views' embeddings (`[views, 1280]`, the
+    /// Labels a photo from its views' embeddings (`[views, EMBEDDING_DIM]`, the
     /// upright view first): the first view alone, or with the second
     /// averaged in when [`Heads::wants_second_view`] and it is there. The
     /// one rule for every caller — the model worker, which embeds the

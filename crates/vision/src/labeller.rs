@@ -77,7 +77,7 @@ impl Embedder {
         &self.backbone_sha256
     }
 
-    /// Embeddings `[photos, 1280]` of a batch: each photo's views averaged.
+    /// Embeddings `[photos, EMBEDDING_DIM]` of a batch: each photo's views averaged.
     pub fn embed(&mut self, batch: &[Prepared]) -> Result<Array2<f32>, LabellerError> {
         Ok(self
             .embed_views(batch)?
@@ -85,7 +85,7 @@ impl Embedder {
             .unwrap_or_else(|| Array2::zeros((batch.len(), EMBEDDING_DIM))))
     }
 
-    /// Embeddings `[photos, views, 1280]` of a batch, one per view: the
+    /// Embeddings `[photos, views, EMBEDDING_DIM]` of a batch, one per view: the
     /// backbone runs every view of every photo in one call. Training keeps
     /// the views apart; labelling averages them ([`Embedder::embed`]).
     pub fn embed_views(&mut self, batch: &[Prepared]) -> Result<Array3<f32>, LabellerError> {
@@ -141,7 +141,8 @@ fn load_model(config: &ModelConfig) -> Result<(BackboneModel, ModelConfig), Labe
 #[derive(Debug, Clone, PartialEq)]
 pub struct Labelled {
     pub probabilities: StageProbabilities,
-    /// The backbone embedding (of both views averaged where both ran).
+    /// The last layer's pooled features (of both views averaged where both
+    /// ran), for the listing's duplicate search.
     pub embedding: Vec<f32>,
     /// Backbone passes the photo took: 1, or 2 with the mirrored view.
     pub views: usize,
@@ -219,7 +220,7 @@ impl Labeller {
     }
 
     /// The embeddings of the views each photo of the batch needs
-    /// (`[views, 1280]`, upright first): the upright view, and the mirrored
+    /// (`[views, EMBEDDING_DIM]`, upright first): the upright view, and the mirrored
     /// one only for photos whose first answer is unsure
     /// ([`Heads::wants_second_view`]), all of those in a second call.
     /// Photos prepared with both views (the heads want both always) have
@@ -262,8 +263,8 @@ impl Labeller {
             .map(|views| {
                 let outcome = self.heads.label_views(views.view());
                 Labelled {
+                    embedding: outcome.pooled(),
                     probabilities: outcome.probabilities,
-                    embedding: outcome.embedding.to_vec(),
                     views: outcome.views,
                 }
             })

@@ -3,7 +3,7 @@
 //! fitted on photos the head never saw.
 //!
 //! Written here rather than pulled from a crate because the whole job is a
-//! few hundred lines on dense 1280-wide data, and the crates that do it
+//! few hundred lines on dense 1608-wide data, and the crates that do it
 //! (linfa-logistic + argmin) would pin a second `ndarray` version.
 
 use ndarray::{Array1, Array2, ArrayView2, Axis};

@@ -149,6 +149,26 @@ fn tract_runs_the_fp32_backbone() {
     );
 }
 
+/// A backbone file without the mid-level context (an export made before
+/// `tools/add_context_features.py`) is refused at load, by either engine,
+/// with what to do about it — not with an inference error on every photo.
+#[test]
+fn a_backbone_of_the_old_layout_is_refused_at_load() {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tests/fixtures/formats/old_layout_backbone.onnx");
+    for kind in [EngineKind::Ort, EngineKind::Tract] {
+        let err = Embedder::load(&config(kind, BackboneSource::File(path.clone())), REFERENCE_VIEW)
+            .err()
+            .expect("refused");
+        let message = err.to_string();
+        assert!(
+            message.contains("`embedding` [N, 1608]")
+                && message.contains("tools/add_context_features.py"),
+            "{kind:?}: {message}"
+        );
+    }
+}
+
 /// ONNX Runtime and tract run the same graph: their embeddings agree to 1e-3.
 #[test]
 fn engines_agree() {
