@@ -157,9 +157,12 @@ fn a_backbone_of_the_old_layout_is_refused_at_load() {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("../../tests/fixtures/formats/old_layout_backbone.onnx");
     for kind in [EngineKind::Ort, EngineKind::Tract] {
-        let err = Embedder::load(&config(kind, BackboneSource::File(path.clone())), REFERENCE_VIEW)
-            .err()
-            .expect("refused");
+        let err = Embedder::load(
+            &config(kind, BackboneSource::File(path.clone())),
+            REFERENCE_VIEW,
+        )
+        .err()
+        .expect("refused");
         let message = err.to_string();
         assert!(
             message.contains("`embedding` [N, 1608]")
