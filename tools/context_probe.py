@@ -40,8 +40,6 @@ SCENE = ["facade", "view", "street", "balcony-garden", "building_part", "no_buil
 
 def dump(backbone, labels, out):
     import onnx
-    import onnxruntime as ort
-    from model import prepare
 
     m = onnx.load(backbone)
     tensors = {}
@@ -52,22 +50,13 @@ def dump(backbone, labels, out):
     tensors["fmap"] = "/_swish_1/Clip_output_0"
     for name in tensors.values():
         m.graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 2
-    session = ort.InferenceSession(m.SerializeToString(), options)
+    session = session_of(m)
     rows = list(csv.DictReader(open(labels)))
-    base = os.path.dirname(labels)
     names = ["embedding", "logits", tensors["b14"], tensors["b20"], tensors["fmap"]]
     n = len(rows)
     feats = {}
     ok = np.zeros(n, bool)
-    start = time.time()
-    for i, row in enumerate(rows):
-        try:
-            x = prepare(open(os.path.join(base, row["path"]), "rb").read())[None]
-        except Exception as e:  # an unreadable photo is left out, as photolabel does
-            print("skip", row["path"], e, file=sys.stderr)
-            continue
+    for i, x in each_photo(labels, rows):
         emb, logits, b14, b20, fmap = session.run(names, {"input": x})
         h = fmap.shape[2] // 2 + 1
         parts = {
@@ -79,9 +68,35 @@ def dump(backbone, labels, out):
         for k, v in parts.items():
             feats.setdefault(k, np.zeros((n, v.shape[0]), np.float32))[i] = v
         ok[i] = True
-        if i % 1000 == 999:
-            print(f"{i + 1}/{n} photos, {time.time() - start:.0f} s", file=sys.stderr, flush=True)
     np.savez(out, ok=ok, **feats)
+
+
+def session_of(m):
+    """An onnxruntime session (2 threads) on the ONNX model `m`."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 2
+    return ort.InferenceSession(m.SerializeToString(), options)
+
+
+def each_photo(labels, rows):
+    """(row index, [1, 3, 260, 260] input) for each photo of `rows`, in
+    order, with progress on stderr. An unreadable photo is left out, as
+    photolabel does."""
+    from model import prepare
+
+    base = os.path.dirname(labels)
+    start = time.time()
+    for i, row in enumerate(rows):
+        try:
+            x = prepare(open(os.path.join(base, row["path"]), "rb").read())[None]
+        except Exception as e:
+            print("skip", row["path"], e, file=sys.stderr)
+            continue
+        yield i, x
+        if i % 1000 == 999:
+            print(f"{i + 1}/{len(rows)} photos, {time.time() - start:.0f} s", file=sys.stderr, flush=True)
 
 
 def in_holdout(path):

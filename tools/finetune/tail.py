@@ -36,19 +36,18 @@ Needs numpy, pillow, onnx==1.23.2, onnxruntime==1.32.0 and torch (CPU).
 """
 import argparse
 import csv
-import hashlib
 import os
 import sys
 import time
 
 import numpy as np
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "bench", "peer"))
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(HERE, "..", "..", "bench", "peer"))
+sys.path.insert(0, os.path.join(HERE, ".."))
+from context_probe import IMG, ROOM, SCENE, each_photo, in_holdout, session_of  # noqa: E402
 
-IMG = ["indoor", "outdoor", "other"]
-ROOM = ["living_room", "kitchen", "bathroom", "bedroom", "other_room"]
 SUB = ["hall_corridor", "room", "scullery"]
-SCENE = ["facade", "view", "street", "balcony-garden", "building_part", "no_building"]
 REAL = ("houses_dataset", "es_gray", "vn_listings_dev", "zind_empty_home")
 CUT = "/_blocks.15/_project_conv/Conv_output_0"  # input of block 16
 CONTEXT14 = "/_blocks.13/Add_output_0"  # input of block 14
@@ -57,39 +56,21 @@ LAST_BLOCK = 20
 
 def dump(backbone, labels, out):
     import onnx
-    import onnxruntime as ort
-    from model import prepare
 
     m = onnx.load(backbone)
     for name in (CUT, CONTEXT14):
         m.graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 2
-    session = ort.InferenceSession(m.SerializeToString(), options)
+    session = session_of(m)
     rows = list(csv.DictReader(open(labels)))
-    base = os.path.dirname(labels)
     n = len(rows)
     maps = np.zeros((n, 208, 9, 9), np.float16)
     ctx = np.zeros((n, 120), np.float32)
     emb = np.zeros((n, 1608), np.float32)
     ok = np.zeros(n, bool)
-    start = time.time()
-    for i, row in enumerate(rows):
-        try:
-            x = prepare(open(os.path.join(base, row["path"]), "rb").read())[None]
-        except Exception as e:  # an unreadable photo is left out, as photolabel does
-            print("skip", row["path"], e, file=sys.stderr)
-            continue
+    for i, x in each_photo(labels, rows):
         e, cut, c14 = session.run(["embedding", CUT, CONTEXT14], {"input": x})
         maps[i], ctx[i], emb[i], ok[i] = cut[0], c14[0].mean((1, 2)), e[0], True
-        if i % 1000 == 999:
-            print(f"{i + 1}/{n} photos, {time.time() - start:.0f} s", file=sys.stderr, flush=True)
     np.savez(out, ok=ok, maps=maps, ctx14=ctx, embedding=emb)
-
-
-def in_holdout(path):
-    name = path.rsplit("/", 1)[-1]
-    return int(hashlib.sha256(name.encode()).hexdigest()[:8], 16) % 100 < 15
 
 
 def conv_weights(backbone, first, last=LAST_BLOCK, head=True):
