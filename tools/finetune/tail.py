@@ -288,12 +288,13 @@ def train(args):
             sched.step()
         print(f"epoch {epoch + 1}: last batch loss {float(loss.detach()):.4f}, {time.time() - start:.0f} s", flush=True)
     trained = {k: v.clone() for k, v in tail.state_dict().items()}
-    assess(torch, tail, start_state, trained, all_features, mu, sd, y, fit, cal, weight, groups, args.alphas)
+    # Saved before the (slow) assessment, so an interrupted one loses nothing.
     out = {}
     for i, (_, wname, _, bname, _) in enumerate(convs):
         out[wname] = trained[f"convs.{i}.weight"].numpy()
         out[bname] = trained[f"convs.{i}.bias"].numpy()
     np.savez(args.out, **out)
+    assess(torch, tail, start_state, trained, all_features, mu, sd, y, fit, cal, weight, groups, args.alphas)
 
 
 def assess(torch, tail, start_state, trained, all_features, mu, sd, y, fit, cal, weight, groups, alphas):
