@@ -341,26 +341,28 @@ fn real_listing_photos_keep_their_accuracy() {
 }
 
 // Half a point under the committed model's figures (MODEL_CARD.md): the
-// int8 default with the mid-level context of issue 11 gives image 0.9418,
-// room 0.8776, scene 0.7949, leaf 0.8045, Houses 0.9867. Room is 0.14
-// points below the int8 model before the context (0.8790; issue 16's rule
-// allows 0.5), so its floor moved from 0.877 to 0.872 with the half-point
-// rule; image rose and was raised; scene and leaf keep theirs. (Before
+// int8 default with 7-bit weights (the same on every CPU) gives image
+// 0.9375, room 0.8848, scene 0.8009, leaf 0.8071, Houses 0.9933. The
+// 8-bit file before it measured image 0.9418 on VNNI CPUs but 0.9248 on
+// AVX2 ones (its kernels saturate there), so the image floor moved from
+// 0.936 to 0.932 and room (0.872) and scene (0.791) were raised. Before
 // issue 11 they were image 0.933, room 0.882, scene 0.802, leaf 0.807:
 // training on the real listing photos cost the research photos about a
-// point, and the card says so.)
-const VAL_IMAGE: f64 = 0.936;
-const VAL_ROOM: f64 = 0.872;
-const VAL_SCENE: f64 = 0.791;
+// point, and the card says so.
+const VAL_IMAGE: f64 = 0.932;
+const VAL_ROOM: f64 = 0.879;
+const VAL_SCENE: f64 = 0.795;
 const VAL_LEAF: f64 = 0.802;
 const VAL_HOUSES: f64 = 0.98;
-// val_real, with the context: leaf 0.8260, es_gray 0.8465 of 430,
-// vn_listings_dev 0.7333 of 45, zind_empty_home 0.64 of 25, empty room
-// P / R 0.82 / 0.82 of 17, ECE 0.0197. Half a point under on the big
-// groups, one photo under on the small ones.
-const REAL_LEAF: f64 = 0.821;
-const REAL_ES_GRAY: f64 = 0.841;
-const REAL_VN: f64 = 0.71;
-const REAL_ZIND: f64 = 0.60;
-const REAL_EMPTY_ROOM: f64 = 0.76;
+// val_real, 7-bit weights: leaf 0.8220, es_gray 0.8395 of 430,
+// vn_listings_dev 0.8000 of 45, zind_empty_home 0.56 of 25, empty room
+// P / R 0.867 / 0.765 of 17, ECE 0.0203. Half a point under on the big
+// groups, one photo under on the small ones. Against the 8-bit file's
+// VNNI figures leaf (0.821), es_gray (0.841), zind (0.60) and the empty
+// room (0.76, now one photo of slack) were lowered and vn (0.71) raised.
+const REAL_LEAF: f64 = 0.817;
+const REAL_ES_GRAY: f64 = 0.834;
+const REAL_VN: f64 = 0.77;
+const REAL_ZIND: f64 = 0.52;
+const REAL_EMPTY_ROOM: f64 = 0.70;
 const REAL_ECE: f64 = 0.025;

@@ -4,7 +4,12 @@
 Writes, under tests/fixtures/:
   - golden_embeddings.json: the backbone embedding of the Squash view (no
     flip) of the three golden photos, computed with Pillow preprocessing and
-    ONNX Runtime, for the Rust engines to be compared against;
+    ONNX Runtime, for the Rust engines to be compared against; and under
+    "int8", the int8 backbone's embedding of the same Pillow pixels with
+    ONNX Runtime's graph optimisations off, i.e. its quantise/dequantise
+    arithmetic done in float: what the fused integer kernels of any CPU must
+    reproduce (they did not on AVX2 CPUs without VNNI while the weights had
+    8 bits; tools/quantize_backbone.py);
   - reference/*.png: the 260x260 RGB uint8 images Pillow produced, for the
     Rust preprocessing agreement tests (crates/vision/src/image/tests.rs);
   - bench/*.jpg: generated benchmark photos (tiled/upscaled fixtures, q=90);
@@ -21,9 +26,8 @@ bytes slightly; rerun and re-measure the Rust tolerances if you upgrade.
 Tests do not run this script; its outputs are committed. Run from anywhere:
     python3 tools/reference_embeddings.py   # in a venv with the versions above
 
-Rerun whenever models/efficientnet-lite2.onnx changes (last: 2026-12-03, the
-mid-level context of tools/add_context_features.py, 1608 wide; only
-golden_embeddings.json changed).
+Rerun whenever a backbone in models/ changes (last: 2026-12-03, the int8
+file requantised with 7-bit weights; only golden_embeddings.json changed).
 """
 
 import hashlib
@@ -41,6 +45,7 @@ REFERENCE = FIXTURES / "reference"
 BENCH = FIXTURES / "bench"
 FORMATS = FIXTURES / "formats"
 MODEL = ROOT / "models" / "efficientnet-lite2.onnx"
+INT8_MODEL = ROOT / "models" / "efficientnet-lite2-int8.onnx"
 
 SIZE = 260
 GOLDEN = ["kitchen.jpg", "facade.jpg", "floorplan.jpg"]
@@ -140,10 +145,25 @@ def main():
         photos[name] = [round(float(v), 6) for v in embedding.reshape(-1)]
         assert len(photos[name]) == 1608, name  # tools/add_context_features.py
 
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    unfused = ort.InferenceSession(str(INT8_MODEL), options, providers=["CPUExecutionProvider"])
+    int8 = {}
+    for name in GOLDEN:
+        png = f"{Path(name).stem}_squash.png"
+        x = normalise(Image.open(REFERENCE / png).convert("RGB"))
+        (embedding,) = unfused.run(["embedding"], {"input": x})
+        int8[png] = [round(float(v), 6) for v in embedding.reshape(-1)]
+
     out = {
         "model_sha256": model_sha256,
         "preprocessing": "squash, Pillow BICUBIC, (x/255-0.498)/0.502",
         "photos": photos,
+        "int8": {
+            "model_sha256": hashlib.sha256(INT8_MODEL.read_bytes()).hexdigest(),
+            "arithmetic": "QDQ graph unfused (ORT_DISABLE_ALL), on the reference/*_squash.png pixels",
+            "photos": int8,
+        },
     }
     (FIXTURES / "golden_embeddings.json").write_text(json.dumps(out) + "\n")
     for path in sorted(FIXTURES.rglob("*")):

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use photolabel_vision::{
     prepare, BackboneModel, BackboneSource, Embedder, EngineConfig, EngineKind, ImageLimits,
-    ModelConfig, Precision, Preprocessing, View,
+    ModelConfig, Precision, Prepared, Preprocessing, View,
 };
 
 fn fixture(name: &str) -> Vec<u8> {
@@ -18,8 +18,10 @@ fn fixture(name: &str) -> Vec<u8> {
 const GOLDEN: [&str; 3] = ["kitchen.jpg", "facade.jpg", "floorplan.jpg"];
 
 /// How close the int8 backbone's embeddings must stay to the fp32
-/// reference's (cosine); measured values are printed by the test.
-const INT8_MIN_COSINE: f32 = 0.97;
+/// reference's (cosine); measured values are printed by the test. Lowered
+/// from 0.97 when the weights went to 7 bits (so that no CPU saturates):
+/// the floor plan measures 0.954, kitchen and facade 0.993.
+const INT8_MIN_COSINE: f32 = 0.95;
 
 /// The view `tools/reference_embeddings.py` computed the golden values with.
 const REFERENCE_VIEW: Preprocessing = Preprocessing {
@@ -120,6 +122,64 @@ fn int8_backbone_stays_close_to_the_reference() {
         let cos = cosine(&embed(&mut int8, name), &golden(name));
         println!("{name}: int8 cosine to the fp32 reference {cos:.5}");
         assert!(cos >= INT8_MIN_COSINE, "{name}: cosine {cos}");
+    }
+}
+
+/// The int8 backbone computes the same numbers on every CPU: its fused
+/// integer kernels (what ONNX Runtime runs) reproduce the graph's own
+/// quantise/dequantise arithmetic done in float (`golden_embeddings.json`,
+/// "int8", from the same Pillow pixels, so preprocessing plays no part).
+/// This failed on AVX2 CPUs without VNNI while the weights had 8 bits
+/// (cosine 0.91–0.99 on these photos, 0.87 on average over val_real, and
+/// 1.7 points of val image accuracy lost): their u8×s8 instruction saturates.
+/// With 7-bit weights nothing saturates; what is left is the fused kernels'
+/// own rounding of requantised activations (measured from Python on the
+/// AVX2 EPYC: cosine 0.99985–0.99990, max abs diff 0.19–0.21, against
+/// 0.908–0.986 and 1.6–4.5 for the 8-bit file).
+#[test]
+fn int8_backbone_computes_the_same_on_every_cpu() {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tests/fixtures/golden_embeddings.json");
+    let json: serde_json::Value = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
+    let reference = &json["int8"];
+    let mut int8 = Embedder::load(
+        &config(EngineKind::Ort, BackboneSource::Embedded(Precision::Int8)),
+        REFERENCE_VIEW,
+    )
+    .expect("the int8 backbone loads");
+    assert_eq!(
+        reference["model_sha256"].as_str(),
+        Some(int8.backbone_sha256()),
+        "golden_embeddings.json is for another int8 file: rerun tools/reference_embeddings.py"
+    );
+    for name in GOLDEN {
+        let png = name.replace(".jpg", "_squash.png");
+        let rgb = image::load_from_memory(&fixture(&format!("../reference/{png}")))
+            .expect("reference PNG")
+            .into_rgb8();
+        let tensor = ndarray::Array4::from_shape_fn((1, 3, 260, 260), |(_, c, y, x)| {
+            (f32::from(rgb.get_pixel(x as u32, y as u32)[c]) / 255.0 - 0.498) / 0.502
+        });
+        let ours = int8
+            .embed(&[Prepared {
+                tensor,
+                stats: None,
+            }])
+            .unwrap()
+            .row(0)
+            .to_vec();
+        let expected: Vec<f32> = reference["photos"][&png]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap() as f32)
+            .collect();
+        let (cos, diff) = (cosine(&ours, &expected), max_abs_diff(&ours, &expected));
+        println!("{png}: int8 fused vs unfused cosine {cos:.6}, max abs diff {diff:.2e}");
+        assert!(
+            cos >= 0.999 && diff <= 0.5,
+            "{png}: cosine {cos}, max abs diff {diff}"
+        );
     }
 }
 
