@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use photolabel_vision::{
     prepare, BackboneModel, BackboneSource, Embedder, EngineConfig, EngineKind, ImageLimits,
-    ModelConfig, Precision, Prepared, Preprocessing, View,
+    ModelConfig, Precision, Preprocessing, View,
 };
 
 fn fixture(name: &str) -> Vec<u8> {
@@ -53,11 +53,21 @@ fn embed(embedder: &mut Embedder, name: &str) -> Vec<f32> {
     embedder.embed(&[prepared]).unwrap().row(0).to_vec()
 }
 
-fn golden(name: &str) -> Vec<f32> {
+/// `tests/fixtures/golden_embeddings.json`, written by
+/// `tools/reference_embeddings.py`.
+fn reference_file() -> serde_json::Value {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("../../tests/fixtures/golden_embeddings.json");
-    let json: serde_json::Value = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
-    json["photos"][name]
+    serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
+}
+
+/// The fp32 reference embedding of a golden photo.
+fn golden(name: &str) -> Vec<f32> {
+    floats(&reference_file()["photos"][name])
+}
+
+fn floats(values: &serde_json::Value) -> Vec<f32> {
+    values
         .as_array()
         .unwrap()
         .iter()
@@ -138,9 +148,7 @@ fn int8_backbone_stays_close_to_the_reference() {
 /// 0.908–0.986 and 1.6–4.5 for the 8-bit file).
 #[test]
 fn int8_backbone_computes_the_same_on_every_cpu() {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../tests/fixtures/golden_embeddings.json");
-    let json: serde_json::Value = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
+    let json = reference_file();
     let reference = &json["int8"];
     let mut int8 = Embedder::load(
         &config(EngineKind::Ort, BackboneSource::Embedded(Precision::Int8)),
@@ -153,27 +161,10 @@ fn int8_backbone_computes_the_same_on_every_cpu() {
         "golden_embeddings.json is for another int8 file: rerun tools/reference_embeddings.py"
     );
     for name in GOLDEN {
+        // Pillow's 260×260 pixels: the squash view leaves them as they are.
         let png = name.replace(".jpg", "_squash.png");
-        let rgb = image::load_from_memory(&fixture(&format!("../reference/{png}")))
-            .expect("reference PNG")
-            .into_rgb8();
-        let tensor = ndarray::Array4::from_shape_fn((1, 3, 260, 260), |(_, c, y, x)| {
-            (f32::from(rgb.get_pixel(x as u32, y as u32)[c]) / 255.0 - 0.498) / 0.502
-        });
-        let ours = int8
-            .embed(&[Prepared {
-                tensor,
-                stats: None,
-            }])
-            .unwrap()
-            .row(0)
-            .to_vec();
-        let expected: Vec<f32> = reference["photos"][&png]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|v| v.as_f64().unwrap() as f32)
-            .collect();
+        let ours = embed(&mut int8, &format!("../reference/{png}"));
+        let expected = floats(&reference["photos"][&png]);
         let (cos, diff) = (cosine(&ours, &expected), max_abs_diff(&ours, &expected));
         println!("{png}: int8 fused vs unfused cosine {cos:.6}, max abs diff {diff:.2e}");
         assert!(
