@@ -38,11 +38,11 @@ keep their names). To ship one, write into the file before the context and
 follow models/README.md from there (context; quantise, then context), then
 retrain both heads files with `photolabel train --backbone FILE`.
 
-Outcome (2026-12-03, `--first 16`, the defaults): lower hold-out NLL at
-every level, and through that whole pipeline val room/scene/leaf +0.4/+1.1/+0.4
-points, and the empty rooms of val_real (17 of 17 with int8, 16 with fp32). Against that: val image −0.7,
-es_gray and vn flat to slightly down, and es_gray's room ECE 0.031 → 0.054.
-A trade, not shipped; the figures are in MODEL_CARD.md.
+Outcome (2026-12-03, `--first 16`, the defaults, through that whole
+pipeline): a trade, not shipped. Val room and scene and the empty rooms
+gained; val image, Idealista's calibration and the renders lost. The
+figures are in MODEL_CARD.md ("Fine-tuning the backbone's last block on
+the CPU").
 
 Needs numpy, pillow, onnx==1.23.2, onnxruntime==1.32.0 and torch (CPU).
 """
