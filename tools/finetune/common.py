@@ -21,6 +21,9 @@ SIZE = 260
 IMAGE_CLASSES = ["indoor", "outdoor", "other"]
 ROOM_CLASSES = ["living_room", "kitchen", "bathroom", "bedroom", "other_room"]
 SCENE_CLASSES = ["facade", "view", "street", "balcony-garden", "building_part", "no_building"]
+SUBCLASSES = ["hall_corridor", "room", "scullery"]  # of other_room
+# The real listing photos of issue 11: trained on more often than the research photos.
+LISTING_SOURCES = ("es_gray", "vn_listings_dev", "zind_empty_home")
 MEAN, STD = 0.498, 0.502  # (x/255 - MEAN)/STD, as the Rust preprocessing
 # The ImageNet start (sha256 80e15a54...). Since 2026-11-28 the repository
 # ships the fine-tuned interpolation under this name, so a new run first puts
@@ -37,6 +40,15 @@ def sha256(path):
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+def in_holdout(path, percent=15):
+    """Whether a photo (path or file name) is in `photolabel train`'s calibration
+    hold-out: the first 32 bits of sha256(file name) mod 100 < 15, the rule of
+    crates/vision/src/train.rs. Fine-tuning never sees these photos, so the
+    temperatures and L2 strengths fitted on them stay honest."""
+    name = path.rsplit("/", 1)[-1]
+    return int(hashlib.sha256(name.encode()).hexdigest()[:8], 16) % 100 < percent
 
 
 def add_pylib(data_dir):
@@ -182,3 +194,67 @@ def load_pth(path):
         out[name] = np.lib.stride_tricks.as_strided(
             a[offset:], shape=size, strides=[s * a.itemsize for s in stride]).copy()
     return out
+
+
+def conv_initializers(model):
+    """Names of (weight, bias) of each Conv node of an ONNX model, in graph order."""
+    return [(n.input[1], n.input[2]) for n in model.graph.node if n.op_type == "Conv"]
+
+
+def conv_delta(base_onnx, tuned_onnx):
+    """What a fine-tune changed, as it travels back from the device: every folded
+    convolution's weight and bias minus the base's, keyed by the base's
+    initializer names. Weights in float16 (an error of 5e-4 of the change, not
+    of the weight) and zipped (the frozen layers are all zeros), so three runs
+    fit in what comes back from a device call; biases in float32."""
+    import onnx
+    from onnx import numpy_helper
+
+    base, tuned = onnx.load(str(base_onnx)), onnx.load(str(tuned_onnx))
+    b_inits = {i.name: numpy_helper.to_array(i) for i in base.graph.initializer}
+    t_inits = {i.name: numpy_helper.to_array(i) for i in tuned.graph.initializer}
+    b_names, t_names = conv_initializers(base), conv_initializers(tuned)
+    if len(b_names) != len(t_names):
+        raise ValueError(f"{tuned_onnx}: {len(t_names)} Conv nodes, the base has {len(b_names)}")
+    for k in ("net._fc.weight", "net._fc.bias"):
+        if not np.array_equal(b_inits[k], t_inits[k]):
+            raise ValueError(f"{tuned_onnx}: {k} differs from the base")
+    delta = {}
+    for (bw, bb), (tw, tb) in zip(b_names, t_names):
+        for bname, tname, dtype in ((bw, tw, np.float16), (bb, tb, np.float32)):
+            if b_inits[bname].shape != t_inits[tname].shape:
+                raise ValueError(f"{tname}: shape {t_inits[tname].shape}, the base's {b_inits[bname].shape}")
+            delta[bname] = (t_inits[tname].astype(np.float32) - b_inits[bname].astype(np.float32)).astype(dtype)
+    return delta
+
+
+def tuned_convs(base, path):
+    """A fine-tune's folded convolutions [(weight, bias)] in the base model's Conv
+    order, from its ONNX export or from its conv_delta() file (.npz)."""
+    from onnx import numpy_helper
+
+    b_inits = {i.name: numpy_helper.to_array(i).astype(np.float32) for i in base.graph.initializer}
+    names = conv_initializers(base)
+    if str(path).endswith(".npz"):
+        with np.load(path) as d:
+            if set(d.files) != {n for pair in names for n in pair}:
+                raise ValueError(f"{path}: not a delta of this base's convolutions")
+            return [tuple(b_inits[n] + d[n].astype(np.float32) for n in pair) for pair in names]
+    return [(w.astype(np.float32), b.astype(np.float32)) for w, b in onnx_convs(path)[0]]
+
+
+def with_convs(base, convs):
+    """`base` (an onnx ModelProto, changed in place and returned) with its
+    folded convolutions replaced by convs [(weight, bias)] in Conv order."""
+    from onnx import numpy_helper
+
+    names = conv_initializers(base)
+    if len(names) != len(convs):
+        raise ValueError(f"{len(convs)} convolutions for a graph of {len(names)}")
+    inits = {i.name: i for i in base.graph.initializer}
+    for pair, arrays in zip(names, convs):
+        for name, value in zip(pair, arrays):
+            if tuple(inits[name].dims) != value.shape:
+                raise ValueError(f"{name}: shape {value.shape}, the graph's {tuple(inits[name].dims)}")
+            inits[name].CopyFrom(numpy_helper.from_array(np.asarray(value, np.float32), name))
+    return base

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Fine-tunes the EfficientNet-Lite2 backbone with three linear heads and exports it to ONNX.
+"""Fine-tunes the EfficientNet-Lite2 backbone with linear heads; returns the change of its weights.
 
 Run from the repository root (on the lent GPU machine):
     python3 tools/finetune/finetune.py --data .carry/finetune --out "$OUT" --minutes 4
@@ -7,29 +7,44 @@ Test on the CPU (tiny subset):
     python tools/finetune/finetune.py --data .carry/finetune --out /tmp/ftout \
         --device cpu --limit 64 --minutes 0.5 --batch 16 --threads 1
 
-Model: extract_features(x).mean((2,3)) -> 1280-d embedding -> linear heads
-image (3, every row), room (5, rows with a room), scene (6, rows with a scene);
-loss = sum over the heads that apply to a row of the label-smoothed cross-entropy,
-averaged over the batch. The ImageNet _fc is never trained: it is exported
-unchanged as `logits`. Stem + first --freeze-blocks blocks are frozen (their
-BatchNorm too); the other BatchNorms train.
+Model: the product's embedding -- extract_features(x).mean((2,3)) (1280), then
+the spatial means of the inputs of blocks 14 and 20 (328; tools/add_context_features.py
+adds the same to the exported graph; --no-context for the 1280 alone) --
+standardised by a BatchNorm without affine, then linear heads: image (3, every
+row), room (5, rows with a room), room subclass (3: hall_corridor, room,
+scullery; rows with one) and scene (6, rows with a scene). Loss = sum over the
+heads that apply to a row of the label-smoothed cross-entropy, averaged over
+the batch. The ImageNet _fc is never trained: it is exported unchanged as
+`logits`. Stem + first --freeze-blocks blocks are frozen (their BatchNorm too);
+the other BatchNorms train.
 
 Data: every photo is decoded once into memory at the inference view (squashed
-to 260x260, bicubic) and moved to the GPU; augmentation runs on the GPU: random
-resized crop (area 0.7-1, aspect 0.8-1.25, 20 % of samples uncropped) + flip
-via one affine grid_sample, and mild brightness/contrast/saturation jitter.
+to 260x260, bicubic) and moved to the GPU. Houses photos come --houses-repeat
+times per epoch and the real listing photos (es_gray, vn_listings_dev,
+zind_empty_home) --listing-repeat times. Augmentation runs on the GPU: every
+sample gets a crop keeping 75-100 % of each side, a flip (p 0.5) and a tilt of
+up to 5 degrees (p 0.3) in one affine grid_sample; a --degrade share of them
+(default 0.5) also gets what crates/vision/src/augment.rs gives `photolabel
+train`'s augmented copies -- colour jitter (p 0.8), a line of blocky watermark
+"text" (p 0.5), grayscale (p 0.2), a downscale to 128-320 px (p 0.4) and a
+4:2:0 JPEG quantisation at quality 35-90 -- the others only a mild jitter.
+(--augment mild: the 2026-11-28 recipe, area/aspect crops and mild jitter.)
 
 Outputs in --out (each file < 16 MiB):
-    efficientnet-lite2-ft.onnx.part00, .part01   cat them in order -> the ONNX
-    SHA256SUMS                                   sha256 of the reassembled ONNX
-    backbone_ft_fp16.pt   state dict for tools/export_backbone.py --finetuned
-                          (fp16 except _fc, which stays the exact fp32 original)
-    heads.json            the torch-trained heads (on `embedding`), for comparison
+    delta.npz             what the fine-tune changed: every folded convolution minus
+                          the base's (common.conv_delta; weights in float16, ~12 MB);
+                          interpolate.py takes it in place of an ONNX export, and
+                          the base plus it is checked against torch before it is kept
+    SHA256SUMS            sha256 of delta.npz
+    backbone_ft_fp16.pt   only if the export failed: the state dict for
+                          tools/export_backbone.py --finetuned (fp16 except _fc,
+                          which stays the exact fp32 original)
+    heads.json            the torch-trained heads, for comparison (on the embedding with
+                          the context, i.e. after tools/add_context_features.py)
     finetune_log.json     args, versions, data counts, training curve, checks
 """
 import argparse
 import csv
-import hashlib
 import io
 import json
 import math
@@ -47,9 +62,12 @@ REPO = HERE.parents[1]
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(REPO / "tools"))
 import common  # noqa: E402
-from common import SIZE, IMAGE_CLASSES, ROOM_CLASSES, SCENE_CLASSES, MEAN, STD  # noqa: E402
+from common import (SIZE, IMAGE_CLASSES, ROOM_CLASSES, SCENE_CLASSES, SUBCLASSES,  # noqa: E402
+                    LISTING_SOURCES, MEAN, STD, in_holdout)
+from add_context_features import BLOCKS as CONTEXT_BLOCKS, POOLED, CONTEXT_WIDTHS  # noqa: E402
 
-ONNX_NAME = "efficientnet-lite2-ft.onnx"
+DELTA_NAME = "delta.npz"
+FALLBACK_NAME = "backbone_ft_fp16.pt"
 T0 = time.time()
 
 
@@ -70,6 +88,14 @@ def parse_args():
                     help="freeze the stem and this many first MBConv blocks (-1: nothing frozen)")
     ap.add_argument("--houses-repeat", type=int, default=2,
                     help="times each Houses (real listing) photo appears per epoch")
+    ap.add_argument("--listing-repeat", type=int, default=2,
+                    help="times each es_gray, vn_listings_dev, zind_empty_home photo appears per epoch")
+    ap.add_argument("--augment", choices=("full", "mild"), default="full",
+                    help="full: the listing degradations of photolabel train; mild: the 2026-11-28 recipe")
+    ap.add_argument("--degrade", type=float, default=0.5,
+                    help="with --augment full, the share of samples that get the degradations")
+    ap.add_argument("--no-context", action="store_true",
+                    help="heads on the 1280 pooled values only (the 2026-11-28 recipe)")
     ap.add_argument("--device", default="auto", help="auto, cuda or cpu")
     ap.add_argument("--limit", type=int, default=0, help="use only this many photos (testing)")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: all cores)")
@@ -77,7 +103,6 @@ def parse_args():
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--no-amp", action="store_true", help="no bf16 autocast on CUDA")
     ap.add_argument("--base-onnx", default=str(REPO / common.BASE_ONNX))
-    ap.add_argument("--part-mib", type=int, default=15, help="size of the ONNX parts")
     return ap.parse_args()
 
 
@@ -122,17 +147,11 @@ def versions(torch, device):
 
 # ---------------------------------------------------------------- data
 
-def in_calibration_holdout(name, percent=15):
-    return int(hashlib.sha256(name.encode()).hexdigest()[:8], 16) % 100 < percent
-
-
 def load_index(data_dir, limit, seed):
     with open(Path(data_dir) / "index.csv", newline="") as f:
         rows = list(csv.DictReader(f))
-    # The calibration hold-out: photos the fine-tuning never sees, so that
-    # `photolabel train` can fit the temperature on honest logits. The rule
-    # (first 32 bits of sha256(file name) mod 100 < 15) is the same in Rust.
-    rows = [r for r in rows if not in_calibration_holdout(r["name"])]
+    # Packs since issue 11 leave the hold-out out already; older ones do not.
+    rows = [r for r in rows if not in_holdout(r["name"])]
     if limit and limit < len(rows):
         rng = np.random.default_rng(seed)
         keep = np.sort(rng.choice(len(rows), limit, replace=False))
@@ -174,10 +193,12 @@ def labels(rows):
     y_img = np.array([IMAGE_CLASSES.index(r["image_class"]) for r in rows], np.int64)
     y_room = np.array([idx(ROOM_CLASSES, r["room_class"]) for r in rows], np.int64)
     y_scene = np.array([idx(SCENE_CLASSES, r["scene_class"]) for r in rows], np.int64)
-    return y_img, y_room, y_scene
+    # packs before issue 11 have no subclass column
+    y_sub = np.array([idx(SUBCLASSES, r.get("room_subclass", "")) for r in rows], np.int64)
+    return y_img, y_room, y_scene, y_sub
 
 
-def augment(torch, F, xb):
+def augment(torch, F, xb, args, prng):
     """xb: [B,H,W,3] uint8 on the device -> normalised float [B,3,SIZE,SIZE], channels_last."""
     dev = xb.device
     B = xb.shape[0]
@@ -186,36 +207,152 @@ def augment(torch, F, xb):
     def U(lo, hi):
         return torch.empty(B, device=dev).uniform_(lo, hi)
 
-    area = U(0.7, 1.0)
-    ratio = torch.exp(U(math.log(0.8), math.log(1.25)))
-    w = torch.sqrt(area * ratio).clamp(max=1.0)
-    h = torch.sqrt(area / ratio).clamp(max=1.0)
-    full = torch.rand(B, device=dev) < 0.2
-    w = torch.where(full, torch.ones_like(w), w)
-    h = torch.where(full, torch.ones_like(h), h)
+    def chance(p):
+        return torch.rand(B, device=dev) < p
+
+    if args.augment == "mild":
+        area = U(0.7, 1.0)
+        ratio = torch.exp(U(math.log(0.8), math.log(1.25)))
+        w = torch.sqrt(area * ratio).clamp(max=1.0)
+        h = torch.sqrt(area / ratio).clamp(max=1.0)
+        full = chance(0.2)
+        w = torch.where(full, torch.ones_like(w), w)
+        h = torch.where(full, torch.ones_like(h), h)
+        angle = torch.zeros(B, device=dev)
+    else:
+        w, h = U(0.75, 1.0), U(0.75, 1.0)
+        angle = torch.where(chance(0.3), U(-5.0, 5.0), torch.zeros(B, device=dev)) * (math.pi / 180)
     cx = (torch.rand(B, device=dev) * 2 - 1) * (1 - w)
     cy = (torch.rand(B, device=dev) * 2 - 1) * (1 - h)
-    flip = torch.where(torch.rand(B, device=dev) < 0.5, -1.0, 1.0)
+    flip = torch.where(chance(0.5), -1.0, 1.0)
+    # A tilt zooms in just enough that no corner from outside the photo shows.
+    cos, sin = torch.cos(angle), torch.sin(angle)
+    zoom = cos + sin.abs()
     theta = torch.zeros(B, 2, 3, device=dev)
-    theta[:, 0, 0] = w * flip
+    theta[:, 0, 0] = cos * w * flip / zoom
+    theta[:, 0, 1] = -sin * h / zoom
+    theta[:, 1, 0] = sin * w * flip / zoom
+    theta[:, 1, 1] = cos * h / zoom
     theta[:, 0, 2] = cx
-    theta[:, 1, 1] = h
     theta[:, 1, 2] = cy
     grid = F.affine_grid(theta, [B, 3, SIZE, SIZE], align_corners=False)
     x = F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
 
-    # mild colour jitter: brightness, contrast, saturation (each factor in [0.8, 1.2])
     def v(lo, hi):
         return U(lo, hi).view(B, 1, 1, 1)
 
-    x = x * v(0.8, 1.2)
-    gray = (0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3])
-    m = gray.mean((2, 3), keepdim=True)
-    x = (x - m) * v(0.8, 1.2) + m
-    gray = (0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3])
-    x = (x - gray) * v(0.8, 1.2) + gray
-    x = x.clamp_(0.0, 1.0).sub_(MEAN).div_(STD)
+    def luma(t):
+        return 0.299 * t[:, 0:1] + 0.587 * t[:, 1:2] + 0.114 * t[:, 2:3]
+
+    def jitter(x, bright, contrast, sat, p):
+        on = chance(p).view(B, 1, 1, 1)
+        y = x
+        g = luma(y)
+        y = g + (y - g) * v(*sat)
+        m = luma(y).mean((2, 3), keepdim=True)
+        y = (m + (y - m) * v(*contrast)) * v(*bright)
+        return torch.where(on, y.clamp(0.0, 1.0), x)
+
+    if args.augment == "mild":
+        x = jitter(x, (0.8, 1.2), (0.8, 1.2), (0.8, 1.2), 1.0)
+    else:
+        # as augment.rs: brightness and contrast 0.75-1.25, saturation 0.6-1.3
+        degrade = chance(args.degrade)
+        x = torch.where(degrade.view(B, 1, 1, 1), jitter(x, (0.75, 1.25), (0.75, 1.25), (0.6, 1.3), 0.8),
+                        jitter(x, (0.8, 1.2), (0.8, 1.2), (0.8, 1.2), 1.0))
+        picked = degrade.cpu().numpy()
+        for i in np.flatnonzero(picked & (prng.random(B) < 0.5)):
+            watermark(torch, x[i], prng)
+        gray = (degrade & chance(0.2)).view(B, 1, 1, 1)
+        x = torch.where(gray, luma(x).expand(-1, 3, -1, -1), x)
+        for i in np.flatnonzero(picked & (prng.random(B) < 0.4)):
+            side = int(prng.uniform(128, 320))
+            if side < SIZE:  # the backbone sees 260 px: only a smaller upload loses detail
+                small = F.interpolate(x[i:i + 1], size=(side, side), mode="bilinear", antialias=True,
+                                      align_corners=False)
+                x[i:i + 1] = F.interpolate(small, size=(SIZE, SIZE), mode="bicubic",
+                                           align_corners=False).clamp(0.0, 1.0)
+        sel = torch.from_numpy(np.flatnonzero(picked & (prng.random(B) < 0.5))).to(dev)
+        if len(sel):
+            quality = torch.randint(35, 91, (len(sel),), device=dev).float()
+            x[sel] = jpeg_like(torch, F, x[sel], quality)
+    x = x.sub_(MEAN).div_(STD)
     return x.contiguous(memory_format=torch.channels_last)
+
+
+def watermark(torch, img, prng):
+    """A semi-transparent line of blocky "text" in the centre or a corner,
+    sometimes on a banner -- augment.rs's watermark on one [3,S,S] image, in place."""
+    S = img.shape[-1]
+    cell = max(1, int(S * prng.uniform(0.012, 0.03)))
+    glyphs = 4 + int(prng.integers(12))
+    tw, th = glyphs * 4 * cell, 5 * cell
+    if tw + 2 * cell >= S or th + 2 * cell >= S:
+        return
+    centred = prng.random() < 0.5
+    if centred:
+        x0, y0 = (S - tw) // 2, (S - th) // 2
+    else:
+        x0 = 2 * cell if prng.random() < 0.5 else S - tw - 2 * cell
+        y0 = 2 * cell if prng.random() < 0.5 else S - th - 2 * cell
+    ink = 1.0 if prng.random() < 0.7 else 0.0
+    alpha = prng.uniform(0.3, 0.7)
+    if not centred and prng.random() < 0.3:  # a banner in the opposite colour
+        box = img[:, y0 - cell:y0 + th + cell, x0 - cell:x0 + tw + cell]
+        box.mul_(0.2).add_(0.8 * (1.0 - ink))
+    bits = torch.rand(5, glyphs, 4, device=img.device) < 0.5  # 3x5 glyphs and a blank column
+    bits[:, :, 3] = False
+    mask = bits.reshape(5, glyphs * 4).float().repeat_interleave(cell, 0).repeat_interleave(cell, 1)
+    box = img[:, y0:y0 + th, x0:x0 + tw]
+    box.mul_(1.0 - alpha * mask).add_(alpha * ink * mask)
+
+
+# JPEG's example quantisation tables (ITU-T T.81, Annex K), scaled by quality as libjpeg does.
+JPEG_LUMA = [16, 11, 10, 16, 24, 40, 51, 61, 12, 12, 14, 19, 26, 58, 60, 55, 14, 13, 16, 24, 40, 57, 69, 56,
+             14, 17, 22, 29, 51, 87, 80, 62, 18, 22, 37, 56, 68, 109, 103, 77, 24, 35, 55, 64, 81, 104, 113, 92,
+             49, 64, 78, 87, 103, 121, 120, 101, 72, 92, 95, 98, 112, 100, 103, 99]
+JPEG_CHROMA = [17, 18, 24, 47, 99, 99, 99, 99, 18, 21, 26, 66, 99, 99, 99, 99, 24, 26, 56, 99, 99, 99, 99, 99,
+               47, 66, 99, 99, 99, 99, 99, 99] + [99] * 32
+
+
+def jpeg_like(torch, F, x, quality):
+    """x [n,3,S,S] in [0,1] -> what saving it as a baseline 4:2:0 JPEG at `quality`
+    ([n], 1-100) and decoding it gives, up to the 8-bit rounding: YCbCr, chroma
+    halved, each 8x8 block's DCT quantised with the scaled tables, and back."""
+    n, _, S, _ = x.shape
+    P = -(-S // 16) * 16  # whole 16x16 macroblocks, as the encoder pads
+    xp = F.pad(x, (0, P - S, 0, P - S), mode="replicate") * 255.0
+    r, g, b = xp[:, 0], xp[:, 1], xp[:, 2]
+    y = 0.299 * r + 0.587 * g + 0.114 * b
+    cb = -0.168736 * r - 0.331264 * g + 0.5 * b
+    cr = 0.5 * r - 0.418688 * g - 0.081312 * b
+    scale = torch.where(quality < 50, 5000.0 / quality, 200.0 - 2.0 * quality)[:, None]
+
+    def table(base):
+        t = torch.tensor(base, dtype=torch.float32, device=x.device)[None]
+        return torch.floor((t * scale + 50.0) / 100.0).clamp(1.0, 255.0).view(n, 1, 1, 8, 8)
+
+    k = torch.arange(8, dtype=torch.float32, device=x.device)
+    d = torch.cos((2 * k[None, :] + 1) * k[:, None] * math.pi / 16) * math.sqrt(2 / 8)
+    d[0] = d[0] / math.sqrt(2)  # orthonormal DCT-II: coefficients = d @ block @ d.T
+
+    def blocks(plane, q):
+        m, H, W = plane.shape
+        t = plane.reshape(m, H // 8, 8, W // 8, 8).permute(0, 1, 3, 2, 4)
+        c = d @ t @ d.T
+        c = torch.round(c / q) * q
+        t = d.T @ c @ d
+        return t.permute(0, 1, 3, 2, 4).reshape(m, H, W)
+
+    def chroma(c):
+        small = F.avg_pool2d(c[:, None], 2)[:, 0]
+        small = blocks(small, table(JPEG_CHROMA))
+        return F.interpolate(small[:, None], scale_factor=2, mode="bilinear", align_corners=False)[:, 0]
+
+    y = blocks(y - 128.0, table(JPEG_LUMA)) + 128.0
+    cb, cr = chroma(cb), chroma(cr)
+    rgb = torch.stack([y + 1.402 * cr, y - 0.344136 * cb - 0.714136 * cr, y + 1.772 * cb], 1)
+    return (rgb[:, :, :S, :S] / 255.0).clamp(0.0, 1.0)
 
 
 def plain_view(torch, xb):
@@ -234,12 +371,14 @@ def build_net(args, data_dir, torch):
     return net.eval()
 
 
-def ort_session(path, threads):
+def ort_session(model, threads):
+    """model: a path, or a serialised ModelProto (bytes)."""
     import onnxruntime as ort
     so = ort.SessionOptions()
     if threads:
         so.intra_op_num_threads = threads
-    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(model if isinstance(model, bytes) else str(model), so,
+                                providers=["CPUExecutionProvider"])
 
 
 def check_against_onnx(torch, net, onnx_path, inputs, threads):
@@ -254,6 +393,37 @@ def check_against_onnx(torch, net, onnx_path, inputs, threads):
             e, lg = model(x)
         ge, gl = sess.run(None, {"input": x.numpy()})
         worst = max(worst, float(np.abs(ge - e.numpy()).max()), float(np.abs(gl - lg.numpy()).max()))
+    return worst
+
+
+def embed(torch, net, x, context):
+    """The product's embedding: the last layer's 1280 pooled values, then (with
+    context) the spatial means of the inputs of blocks 14 and 20, in the order
+    tools/add_context_features.py gives the exported graph."""
+    x = net._swish(net._bn0(net._conv_stem(x)))
+    parts = []
+    rate = net._global_params.drop_connect_rate
+    for idx, block in enumerate(net._blocks):
+        if context and idx in CONTEXT_BLOCKS:
+            parts.append(x.mean((2, 3)))
+        x = block(x, drop_connect_rate=rate * idx / len(net._blocks) if rate else rate)
+    x = net._swish(net._bn1(net._conv_head(x)))
+    return torch.cat([x.mean((2, 3))] + parts, 1)
+
+
+def check_context(torch, net, onnx_path, inputs, threads):
+    """max abs diff between embed() with the context (torch, CPU, fp32, eval) and
+    the base ONNX given the context by tools/add_context_features.py: the heads
+    here must train on what the product computes."""
+    import onnx
+    from add_context_features import widen
+
+    sess = ort_session(widen(onnx.load(str(onnx_path))).SerializeToString(), threads)
+    worst = 0.0
+    for x in inputs:
+        with torch.no_grad():
+            e = embed(torch, net, x, True)
+        worst = max(worst, float(np.abs(sess.run(["embedding"], {"input": x.numpy()})[0] - e.numpy()).max()))
     return worst
 
 
@@ -291,16 +461,26 @@ def main():
     base_sha = common.sha256(args.base_onnx)
     log["base_onnx_sha256"] = base_sha
     if base_sha != meta.get("base_onnx_sha256"):
-        say(f"WARNING: {args.base_onnx} sha256 differs from the one packed; relying on the onnxruntime check")
+        # Any folded ONNX passes the rebuild check below, so this is what keeps a
+        # run from starting at the shipped (already fine-tuned) backbone instead
+        # of the ImageNet weights that interpolate.py moves back towards.
+        log["status"] = (f"failed: {args.base_onnx} is not the ImageNet export that was packed "
+                         "(tools/finetune/README.md, 'Running it again')")
+        log.write()
+        sys.exit(log["status"])
 
     # ---- data
     rows = load_index(args.data, args.limit, args.seed)
     images, pil_webp = decode_all(args.data, rows, workers)
-    y_img, y_room, y_scene = labels(rows)
+    y_img, y_room, y_scene, y_sub = labels(rows)
     is_house = np.array([r["source"] == "houses_dataset" for r in rows])
-    log["data"] = {"photos": len(rows), "houses": int(is_house.sum()), "rooms": int((y_room >= 0).sum()),
-                   "scenes": int((y_scene >= 0).sum()), "pillow_webp": pil_webp,
-                   "packed": {k: meta[k] for k in ("rows", "dropped_total")}}
+    is_listing = np.array([r["source"] in LISTING_SOURCES for r in rows])
+    per_source = {}
+    for r in rows:
+        per_source[r["source"]] = per_source.get(r["source"], 0) + 1
+    log["data"] = {"photos": len(rows), "per_source": per_source, "rooms": int((y_room >= 0).sum()),
+                   "subclasses": int((y_sub >= 0).sum()), "scenes": int((y_scene >= 0).sum()),
+                   "pillow_webp": pil_webp, "packed": {k: meta[k] for k in ("rows", "dropped_total")}}
     say(f"decoded {len(rows)} photos ({images.nbytes / 1e9:.2f} GB) with {workers} threads")
 
     # ---- model: weights rebuilt from the repository's ONNX, checked against it
@@ -308,19 +488,32 @@ def main():
     g = torch.Generator().manual_seed(0)
     x_rand = torch.randn(2, 3, SIZE, SIZE, generator=g)
     x_real = plain_view(torch, torch.from_numpy(images[: min(4, len(rows))]))
-    d = check_against_onnx(torch, net, args.base_onnx, [x_rand, x_real], threads)
-    log["rebuilt_vs_base_onnx_max_abs_diff"] = d
-    say(f"weights rebuilt from {args.base_onnx}: max abs diff vs onnxruntime {d:.2e}")
-    if d > 1e-4:
-        log["status"] = "failed: rebuilt weights do not match the base ONNX"
-        log.write()
-        sys.exit(log["status"])
+    def require(key, d, what, failure):  # a start-up check: logged, and fatal over 1e-4
+        log[key] = d
+        say(f"{what}: max abs diff {d:.2e}")
+        if d > 1e-4:
+            log["status"] = f"failed: {failure}"
+            log.write()
+            sys.exit(log["status"])
+
+    require("rebuilt_vs_base_onnx_max_abs_diff",
+            check_against_onnx(torch, net, args.base_onnx, [x_rand, x_real], threads),
+            f"weights rebuilt from {args.base_onnx} vs onnxruntime", "rebuilt weights do not match the base ONNX")
+    require("context_vs_onnx_max_abs_diff", check_context(torch, net, args.base_onnx, [x_rand, x_real], threads),
+            "embedding with the context vs tools/add_context_features.py",
+            "the context features differ from the product's")
     fc_ref = (net._fc.weight.detach().clone(), net._fc.bias.detach().clone())
 
+    context = not args.no_context
+    width = POOLED + (sum(CONTEXT_WIDTHS.values()) if context else 0)
+    # The context means are on another scale than the pooled values; the Rust
+    # heads standardise their inputs, and so does this BatchNorm.
+    norm = torch.nn.BatchNorm1d(width, affine=False)
     heads = torch.nn.ModuleDict({
-        "image": torch.nn.Linear(1280, len(IMAGE_CLASSES)),
-        "room": torch.nn.Linear(1280, len(ROOM_CLASSES)),
-        "scene": torch.nn.Linear(1280, len(SCENE_CLASSES)),
+        "image": torch.nn.Linear(width, len(IMAGE_CLASSES)),
+        "room": torch.nn.Linear(width, len(ROOM_CLASSES)),
+        "subclass": torch.nn.Linear(width, len(SUBCLASSES)),
+        "scene": torch.nn.Linear(width, len(SCENE_CLASSES)),
     })
     drop = torch.nn.Dropout(args.dropout)
 
@@ -335,6 +528,7 @@ def main():
 
     def set_train():
         net.train()
+        norm.train()
         heads.train()
         drop.train()
         for m in frozen:
@@ -342,6 +536,7 @@ def main():
 
     net.to(device).to(memory_format=torch.channels_last)
     heads.to(device)
+    norm.to(device)
 
     decay, no_decay = [], []
     for n, p in net.named_parameters():
@@ -372,8 +567,10 @@ def main():
     t_img = torch.from_numpy(y_img).to(device)
     t_room = torch.from_numpy(y_room).to(device)
     t_scene = torch.from_numpy(y_scene).to(device)
+    t_sub = torch.from_numpy(y_sub).to(device)
     base = np.arange(len(rows))
-    epoch_pool = np.concatenate([base] + [base[is_house]] * max(0, args.houses_repeat - 1))
+    epoch_pool = np.concatenate([base] + [base[is_house]] * max(0, args.houses_repeat - 1)
+                                + [base[is_listing]] * max(0, args.listing_repeat - 1))
     batch = min(args.batch, len(epoch_pool))
     steps_per_epoch = len(epoch_pool) // batch
     total_steps = steps_per_epoch * args.epochs
@@ -387,6 +584,7 @@ def main():
     log.write()
 
     rng = np.random.default_rng(args.seed)
+    prng = np.random.default_rng(args.seed + 1000)  # the augmentation's host-side choices
     step = 0
     t_start = time.time()
     stop = False
@@ -395,7 +593,8 @@ def main():
         if stop:
             break
         perm = torch.from_numpy(rng.permutation(epoch_pool)).to(device)
-        stats = torch.zeros(7, device=device)  # loss, img ok, img n, room ok, room n, scene ok, scene n
+        # loss, img ok, img n, room ok, room n, scene ok, scene n, subclass ok, subclass n
+        stats = torch.zeros(9, device=device)
         seen = 0
         t_ep = time.time()
         for s in range(steps_per_epoch):
@@ -411,27 +610,29 @@ def main():
             for grp in opt.param_groups:
                 grp["lr"] = grp["base_lr"] * f
             idx = perm[s * batch:(s + 1) * batch]
-            x = augment(torch, F, data[idx])
-            yi, yr, ys = t_img[idx], t_room[idx], t_scene[idx]
+            x = augment(torch, F, data[idx], args, prng)
+            yi, yr, ys, yb = t_img[idx], t_room[idx], t_scene[idx], t_sub[idx]
             with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=amp):
-                emb = net.extract_features(x).mean((2, 3))
-            emb = drop(emb.float())
+                emb = embed(torch, net, x, context)
+            emb = drop(norm(emb.float()))
             li = heads["image"](emb)
             lr_ = heads["room"](emb)
             ls = heads["scene"](emb)
-            loss = (ce(li, yi) + ce(lr_, yr) + ce(ls, ys)) / idx.numel()
+            lb = heads["subclass"](emb)
+            loss = (ce(li, yi) + ce(lr_, yr) + ce(ls, ys) + ce(lb, yb)) / idx.numel()
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             step += 1
             seen += idx.numel()
             with torch.no_grad():
-                rm, sm = yr >= 0, ys >= 0
+                rm, sm, bm = yr >= 0, ys >= 0, yb >= 0
                 stats += torch.stack([
                     loss.detach().float() * idx.numel(),
                     (li.argmax(1) == yi).sum().float(), torch.ones_like(stats[0]) * idx.numel(),
                     ((lr_.argmax(1) == yr) & rm).sum().float(), rm.sum().float(),
-                    ((ls.argmax(1) == ys) & sm).sum().float(), sm.sum().float()])
+                    ((ls.argmax(1) == ys) & sm).sum().float(), sm.sum().float(),
+                    ((lb.argmax(1) == yb) & bm).sum().float(), bm.sum().float()])
         if seen:
             st = stats.tolist()  # syncs
             ep_s = time.time() - t_ep
@@ -441,6 +642,7 @@ def main():
                    "acc_image": round(st[1] / max(1, st[2]), 4),
                    "acc_room": round(st[3] / max(1, st[4]), 4),
                    "acc_scene": round(st[5] / max(1, st[6]), 4),
+                   "acc_subclass": round(st[7] / max(1, st[8]), 4),
                    "img_per_s": round(seen / max(ep_s, 1e-6), 1)}
             log["epochs"].append(rec)
             log.write()
@@ -456,25 +658,25 @@ def main():
     net = net.float().cpu().eval()
     net = net.to(memory_format=torch.contiguous_format)
     heads = heads.float().cpu().eval()
+    norm = norm.float().cpu().eval()
     assert torch.equal(net._fc.weight, fc_ref[0]) and torch.equal(net._fc.bias, fc_ref[1]), "_fc changed"
-    heads_json = {name: {"classes": cls, "weight": heads[name].weight.tolist(), "bias": heads[name].bias.tolist()}
-                  for name, cls in (("image", IMAGE_CLASSES), ("room", ROOM_CLASSES), ("scene", SCENE_CLASSES))}
+    # the BatchNorm's running statistics folded in, so the heads read `embedding` itself
+    inv = 1.0 / torch.sqrt(norm.running_var + norm.eps)
+    heads_json = {"embedding_width": width}
+    for name, cls in (("image", IMAGE_CLASSES), ("room", ROOM_CLASSES), ("subclass", SUBCLASSES),
+                      ("scene", SCENE_CLASSES)):
+        wgt = heads[name].weight.detach() * inv[None, :]
+        bias = heads[name].bias.detach() - wgt @ norm.running_mean
+        heads_json[name] = {"classes": cls, "weight": wgt.tolist(), "bias": bias.tolist()}
     (out / "heads.json").write_text(json.dumps(heads_json) + "\n")
-
-    sd = {k: (v if k.startswith("_fc.") or not v.is_floating_point() else v.half()) for k, v in net.state_dict().items()}
-    sd_path = out / "backbone_ft_fp16.pt"
-    torch.save(sd, sd_path)
-    if sd_path.stat().st_size >= 16 * 2**20:
-        sd_path.unlink()
-        say("fp16 state dict over 16 MiB: not kept")
-    else:
-        log["state_dict"] = {"file": sd_path.name, "bytes": sd_path.stat().st_size, "sha256": common.sha256(sd_path)}
 
     tmp_dir = Path(os.environ.get("TMPDIR", "/tmp")) / f"finetune_{os.getpid()}"
     tmp_dir.mkdir(parents=True, exist_ok=True)
-    onnx_path = tmp_dir / ONNX_NAME
+    onnx_path = tmp_dir / "efficientnet-lite2-ft.onnx"
     try:
+        import onnx
         from export_backbone import Backbone
+
         model = Backbone(net).eval()
         torch.onnx.export(
             model, (x_rand,), str(onnx_path),
@@ -487,43 +689,39 @@ def main():
         say(f"ONNX export: max abs diff vs torch {d:.2e}")
         if d > 1e-4:
             raise RuntimeError(f"exported ONNX differs from torch by {d:.2e}")
-        # same interface as the base model
-        import onnx
         m = onnx.load(str(onnx_path))
         io_names = ([i.name for i in m.graph.input], [o.name for o in m.graph.output])
         if io_names != (["input"], ["embedding", "logits"]):
             raise RuntimeError(f"unexpected graph interface {io_names}")
-        fc = {i.name: onnx.numpy_helper.to_array(i) for i in m.graph.initializer if i.name.startswith("net._fc")}
-        if not (np.array_equal(fc["net._fc.weight"], fc_ref[0].numpy())
-                and np.array_equal(fc["net._fc.bias"], fc_ref[1].numpy())):
-            raise RuntimeError("_fc in the exported ONNX differs from the original")
-        digest = common.sha256(onnx_path)
-        part = args.part_mib * 2**20
-        blob = onnx_path.read_bytes()
-        parts = []
-        for i in range(0, len(blob), part):
-            p = out / f"{ONNX_NAME}.part{i // part:02d}"
-            p.write_bytes(blob[i:i + part])
-            parts.append(p.name)
-        (out / "SHA256SUMS").write_text(f"{digest}  {ONNX_NAME}\n")
-        log["onnx"] = {"file": ONNX_NAME, "bytes": len(blob), "sha256": digest, "parts": parts,
-                       "reassemble": f"cat {ONNX_NAME}.part* > {ONNX_NAME} && sha256sum -c SHA256SUMS"}
+        # What comes back: the change of every folded convolution (a third of
+        # the ONNX's size, so three runs fit in one call's 64 MiB).
+        np.savez_compressed(out / DELTA_NAME, **common.conv_delta(args.base_onnx, onnx_path))
+        base = onnx.load(str(args.base_onnx))
+        rebuilt = common.with_convs(base, common.tuned_convs(base, out / DELTA_NAME))
+        d = check_against_onnx(torch, net, rebuilt.SerializeToString(), [x_rand, x_real], threads)
+        log["delta_rebuilt_max_abs_diff"] = d
+        say(f"{DELTA_NAME} applied to the base: max abs diff vs torch {d:.2e}")
+        if d > 1e-2:
+            raise RuntimeError(f"the base plus {DELTA_NAME} differs from torch by {d:.2e}")
+        digest = common.sha256(out / DELTA_NAME)
+        (out / "SHA256SUMS").write_text(f"{digest}  {DELTA_NAME}\n")
+        log["delta"] = {"file": DELTA_NAME, "bytes": (out / DELTA_NAME).stat().st_size, "sha256": digest,
+                        "use": "python3 tools/finetune/interpolate.py --base IMAGENET.onnx --alpha A --out X.onnx "
+                               f"{DELTA_NAME} [...]"}
         log["status"] = "ok"
-        say(f"wrote {parts} ({len(blob)} bytes), sha256 {digest}")
+        say(f"wrote {DELTA_NAME} ({(out / DELTA_NAME).stat().st_size} bytes), sha256 {digest}")
     except Exception as e:  # noqa: BLE001 - keep the weights if the export fails
         log["status"] = f"export failed: {type(e).__name__}: {e}"
         say(log["status"])
-        fp32 = tmp_dir / "backbone_ft_fp32.pt"
-        torch.save(net.state_dict(), fp32)
-        blob = fp32.read_bytes()
-        part = args.part_mib * 2**20
-        for i in range(0, len(blob), part):
-            (out / f"backbone_ft_fp32.pt.part{i // part:02d}").write_bytes(blob[i:i + part])
-        fp32_sha = common.sha256(fp32)
-        (out / "SHA256SUMS").write_text(f"{fp32_sha}  backbone_ft_fp32.pt\n")
-        log["fallback"] = {"file": "backbone_ft_fp32.pt", "sha256": fp32_sha,
-                           "use": "cat backbone_ft_fp32.pt.part* > backbone_ft_fp32.pt; "
-                                  "python3 tools/export_backbone.py --weights PTH --finetuned backbone_ft_fp32.pt --out X.onnx"}
+        # fp16 (15 MB) so that it comes back; _fc stays the exact fp32 original
+        sd = {k: (v if k.startswith("_fc.") or not v.is_floating_point() else v.half())
+              for k, v in net.state_dict().items()}
+        torch.save(sd, out / FALLBACK_NAME)
+        digest = common.sha256(out / FALLBACK_NAME)
+        (out / "SHA256SUMS").write_text(f"{digest}  {FALLBACK_NAME}\n")
+        log["fallback"] = {"file": FALLBACK_NAME, "sha256": digest,
+                           "use": "python3 tools/export_backbone.py --weights PTH --finetuned "
+                                  f"{FALLBACK_NAME} --out X.onnx"}
     finally:
         for f in tmp_dir.iterdir():
             f.unlink()

@@ -1,7 +1,11 @@
 #!/usr/bin/env python3
 """Weight-space interpolation of fine-tuned backbones with the ImageNet start.
 
-    python3 tools/finetune/interpolate.py --base IMAGENET.onnx --alpha 0.3 --out X.onnx FT_A.onnx [FT_B.onnx ...]
+    python3 tools/finetune/interpolate.py --base IMAGENET.onnx --alpha 0.3 --out X.onnx FT_A [FT_B ...]
+
+Each FT is a fine-tune's ONNX export or the delta file (.npz) that finetune.py
+returns since issue 11 (common.conv_delta: the change of every folded
+convolution against the same base).
 
 Writes base + alpha * (mean(FT) - base) for every convolution's weight and
 bias, where base is the ImageNet export the fine-tunes started from
@@ -32,14 +36,9 @@ sys.path.insert(0, str(HERE))
 import common  # noqa: E402
 
 
-def conv_initializers(model):
-    """Names of (weight, bias) of each Conv node, in graph order."""
-    return [(n.input[1], n.input[2]) for n in model.graph.node if n.op_type == "Conv"]
-
-
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("finetuned", nargs="+", help="fine-tuned ONNX files (finetune.py's export)")
+    ap.add_argument("finetuned", nargs="+", help="fine-tunes: ONNX exports or finetune.py's delta.npz files")
     ap.add_argument("--alpha", type=float, required=True, help="0 = base, 1 = (mean of the) fine-tune(s)")
     ap.add_argument("--base", required=True, help="the ImageNet ONNX the fine-tunes started from")
     ap.add_argument("--out", required=True)
@@ -47,33 +46,40 @@ def main():
 
     base = onnx.load(args.base)
     inits = {i.name: i for i in base.graph.initializer}
-    names = conv_initializers(base)
-    fts = [onnx.load(p) for p in args.finetuned]
+    names = common.conv_initializers(base)
     ft_arrays = []
-    for path, ft in zip(args.finetuned, fts):
-        ft_inits = {i.name: numpy_helper.to_array(i) for i in ft.graph.initializer}
-        ft_names = conv_initializers(ft)
-        if len(ft_names) != len(names):
-            raise SystemExit(f"{path}: {len(ft_names)} Conv nodes, base has {len(names)}")
-        for k in ("net._fc.weight", "net._fc.bias"):
-            if not np.array_equal(ft_inits[k], numpy_helper.to_array(inits[k])):
-                raise SystemExit(f"{path}: {k} differs from the base")
-        ft_arrays.append([(ft_inits[w], ft_inits[b]) for w, b in ft_names])
+    for path in args.finetuned:
+        if not path.endswith(".npz"):
+            # an export must keep the ImageNet classifier (`logits`) as it was
+            ft = {i.name: numpy_helper.to_array(i) for i in onnx.load(path).graph.initializer}
+            for k in ("net._fc.weight", "net._fc.bias"):
+                if not np.array_equal(ft[k], numpy_helper.to_array(inits[k])):
+                    raise SystemExit(f"{path}: {k} differs from the base")
+        try:
+            convs = common.tuned_convs(base, path)
+        except ValueError as e:
+            raise SystemExit(str(e))
+        if len(convs) != len(names):
+            raise SystemExit(f"{path}: {len(convs)} Conv nodes, base has {len(names)}")
+        ft_arrays.append(convs)
 
     moved = 0.0
-    for i, (wn, bn) in enumerate(names):
-        for j, name in enumerate((wn, bn)):
+    new = []
+    for i, pair in enumerate(names):
+        arrays = []
+        for j, name in enumerate(pair):
             b0 = numpy_helper.to_array(inits[name]).astype(np.float32)
-            tuned = [a[i][j].astype(np.float32) for a in ft_arrays]
+            tuned = [a[i][j] for a in ft_arrays]
             if any(t.shape != b0.shape for t in tuned):
                 raise SystemExit(f"Conv {i}: shapes differ from the base")
             mean = np.mean(tuned, axis=0)
-            new = (b0 + np.float32(args.alpha) * (mean - b0)).astype(np.float32)
-            moved = max(moved, float(np.abs(new - b0).max()))
-            inits[name].CopyFrom(numpy_helper.from_array(new, name))
+            arrays.append((b0 + np.float32(args.alpha) * (mean - b0)).astype(np.float32))
+            moved = max(moved, float(np.abs(arrays[-1] - b0).max()))
+        new.append(tuple(arrays))
+    common.with_convs(base, new)
     onnx.checker.check_model(base)
     onnx.save(base, args.out)
-    print(f"{args.out}: alpha {args.alpha}, {len(fts)} fine-tune(s), {len(names)} convolutions, "
+    print(f"{args.out}: alpha {args.alpha}, {len(ft_arrays)} fine-tune(s), {len(names)} convolutions, "
           f"largest change {moved:.4g}, sha256 {common.sha256(args.out)}")
 
 
