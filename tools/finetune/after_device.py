@@ -56,13 +56,16 @@ def say(msg):
 
 
 def run(cmd, log=None):
+    """Runs cmd from the repository root; with `log`, its standard output goes
+    there, and only once it has succeeded (a resumed run skips existing files)."""
     say(" ".join(map(str, cmd)))
     if log is None:
         subprocess.run(list(map(str, cmd)), cwd=REPO, check=True)
-        return ""
-    out = subprocess.run(list(map(str, cmd)), cwd=REPO, check=True, capture_output=True, text=True)
-    Path(log).write_text(out.stdout)
-    return out.stdout
+        return
+    tmp = Path(f"{log}.tmp")
+    with open(tmp, "w") as f:
+        subprocess.run(list(map(str, cmd)), cwd=REPO, check=True, stdout=f)
+    tmp.replace(log)
 
 
 def delta_file(files, name):

@@ -201,36 +201,11 @@ def conv_initializers(model):
     return [(n.input[1], n.input[2]) for n in model.graph.node if n.op_type == "Conv"]
 
 
-def conv_delta(base_onnx, tuned_onnx):
-    """What a fine-tune changed, as it travels back from the device: every folded
-    convolution's weight and bias minus the base's, keyed by the base's
-    initializer names. Weights in float16 (an error of 5e-4 of the change, not
-    of the weight) and zipped (the frozen layers are all zeros), so three runs
-    fit in what comes back from a device call; biases in float32."""
-    import onnx
-    from onnx import numpy_helper
-
-    base, tuned = onnx.load(str(base_onnx)), onnx.load(str(tuned_onnx))
-    b_inits = {i.name: numpy_helper.to_array(i) for i in base.graph.initializer}
-    t_inits = {i.name: numpy_helper.to_array(i) for i in tuned.graph.initializer}
-    b_names, t_names = conv_initializers(base), conv_initializers(tuned)
-    if len(b_names) != len(t_names):
-        raise ValueError(f"{tuned_onnx}: {len(t_names)} Conv nodes, the base has {len(b_names)}")
-    for k in ("net._fc.weight", "net._fc.bias"):
-        if not np.array_equal(b_inits[k], t_inits[k]):
-            raise ValueError(f"{tuned_onnx}: {k} differs from the base")
-    delta = {}
-    for (bw, bb), (tw, tb) in zip(b_names, t_names):
-        for bname, tname, dtype in ((bw, tw, np.float16), (bb, tb, np.float32)):
-            if b_inits[bname].shape != t_inits[tname].shape:
-                raise ValueError(f"{tname}: shape {t_inits[tname].shape}, the base's {b_inits[bname].shape}")
-            delta[bname] = (t_inits[tname].astype(np.float32) - b_inits[bname].astype(np.float32)).astype(dtype)
-    return delta
-
-
 def tuned_convs(base, path):
-    """A fine-tune's folded convolutions [(weight, bias)] in the base model's Conv
-    order, from its ONNX export or from its conv_delta() file (.npz)."""
+    """A fine-tune's folded convolutions [(weight, bias)] in float32, in the base
+    model's Conv order, from its ONNX export or from its conv_delta() file
+    (.npz). An export must keep the base's shapes and its ImageNet classifier
+    (`logits`) unchanged."""
     from onnx import numpy_helper
 
     b_inits = {i.name: numpy_helper.to_array(i).astype(np.float32) for i in base.graph.initializer}
@@ -239,8 +214,37 @@ def tuned_convs(base, path):
         with np.load(path) as d:
             if set(d.files) != {n for pair in names for n in pair}:
                 raise ValueError(f"{path}: not a delta of this base's convolutions")
-            return [tuple(b_inits[n] + d[n].astype(np.float32) for n in pair) for pair in names]
-    return [(w.astype(np.float32), b.astype(np.float32)) for w, b in onnx_convs(path)[0]]
+            convs = [tuple(d[n].astype(np.float32) for n in pair) for pair in names]
+    else:
+        convs, fc_w, fc_b = onnx_convs(path)
+        if not (np.array_equal(fc_w, b_inits["net._fc.weight"]) and np.array_equal(fc_b, b_inits["net._fc.bias"])):
+            raise ValueError(f"{path}: the ImageNet classifier (_fc) differs from the base")
+    if len(convs) != len(names):
+        raise ValueError(f"{path}: {len(convs)} Conv nodes, the base has {len(names)}")
+    for pair, arrays in zip(names, convs):
+        for name, value in zip(pair, arrays):
+            if value.shape != b_inits[name].shape:
+                raise ValueError(f"{path}: shape {value.shape} where the base's {name} is {b_inits[name].shape}")
+    if str(path).endswith(".npz"):  # a change: add it to the base
+        return [tuple(b_inits[n] + v for n, v in zip(pair, arrays)) for pair, arrays in zip(names, convs)]
+    return convs
+
+
+def conv_delta(base, tuned_onnx):
+    """What a fine-tune changed, as it travels back from the device: every folded
+    convolution's weight and bias minus the base's (an onnx ModelProto), keyed
+    by the base's initializer names. Weights in float16 (an error of 5e-4 of the
+    change, not of the weight) and zipped by the caller (the frozen layers are
+    all zeros), so three runs fit in what comes back from a device call; biases
+    in float32."""
+    from onnx import numpy_helper
+
+    b_inits = {i.name: numpy_helper.to_array(i).astype(np.float32) for i in base.graph.initializer}
+    delta = {}
+    for (wn, bn), (w, b) in zip(conv_initializers(base), tuned_convs(base, tuned_onnx)):
+        delta[wn] = (w - b_inits[wn]).astype(np.float16)
+        delta[bn] = b - b_inits[bn]
+    return delta
 
 
 def with_convs(base, convs):

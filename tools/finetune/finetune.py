@@ -238,28 +238,27 @@ def augment(torch, F, xb, args, prng):
     grid = F.affine_grid(theta, [B, 3, SIZE, SIZE], align_corners=False)
     x = F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
 
-    def v(lo, hi):
-        return U(lo, hi).view(B, 1, 1, 1)
+    # Colour jitter, one pass: the degraded samples get augment.rs's ranges
+    # (brightness and contrast x0.75-1.25, saturation x0.6-1.3) with p 0.8,
+    # the others the mild x0.8-1.2 of 2026-11-28 always.
+    degrade = chance(args.degrade) if args.augment == "full" else torch.zeros(B, dtype=torch.bool, device=dev)
+
+    def factor(strong_lo, strong_hi):
+        lo = torch.where(degrade, strong_lo, 0.8)
+        hi = torch.where(degrade, strong_hi, 1.2)
+        return (lo + (hi - lo) * torch.rand(B, device=dev)).view(B, 1, 1, 1)
 
     def luma(t):
         return 0.299 * t[:, 0:1] + 0.587 * t[:, 1:2] + 0.114 * t[:, 2:3]
 
-    def jitter(x, bright, contrast, sat, p):
-        on = chance(p).view(B, 1, 1, 1)
-        y = x
-        g = luma(y)
-        y = g + (y - g) * v(*sat)
-        m = luma(y).mean((2, 3), keepdim=True)
-        y = (m + (y - m) * v(*contrast)) * v(*bright)
-        return torch.where(on, y.clamp(0.0, 1.0), x)
+    g = luma(x)
+    y = g + (x - g) * factor(0.6, 1.3)
+    m = luma(y).mean((2, 3), keepdim=True)
+    y = (m + (y - m) * factor(0.75, 1.25)) * factor(0.75, 1.25)
+    on = (~degrade | chance(0.8)).view(B, 1, 1, 1)
+    x = torch.where(on, y.clamp(0.0, 1.0), x)
 
-    if args.augment == "mild":
-        x = jitter(x, (0.8, 1.2), (0.8, 1.2), (0.8, 1.2), 1.0)
-    else:
-        # as augment.rs: brightness and contrast 0.75-1.25, saturation 0.6-1.3
-        degrade = chance(args.degrade)
-        x = torch.where(degrade.view(B, 1, 1, 1), jitter(x, (0.75, 1.25), (0.75, 1.25), (0.6, 1.3), 0.8),
-                        jitter(x, (0.8, 1.2), (0.8, 1.2), (0.8, 1.2), 1.0))
+    if args.augment == "full":
         picked = degrade.cpu().numpy()
         for i in np.flatnonzero(picked & (prng.random(B) < 0.5)):
             watermark(torch, x[i], prng)
@@ -695,8 +694,8 @@ def main():
             raise RuntimeError(f"unexpected graph interface {io_names}")
         # What comes back: the change of every folded convolution (a third of
         # the ONNX's size, so three runs fit in one call's 64 MiB).
-        np.savez_compressed(out / DELTA_NAME, **common.conv_delta(args.base_onnx, onnx_path))
         base = onnx.load(str(args.base_onnx))
+        np.savez_compressed(out / DELTA_NAME, **common.conv_delta(base, onnx_path))
         rebuilt = common.with_convs(base, common.tuned_convs(base, out / DELTA_NAME))
         d = check_against_onnx(torch, net, rebuilt.SerializeToString(), [x_rand, x_real], threads)
         log["delta_rebuilt_max_abs_diff"] = d
