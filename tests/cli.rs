@@ -338,6 +338,36 @@ fn real_listing_photos_keep_their_accuracy() {
     assert!(get("/by_source/zind_empty_home/leaf/accuracy") >= REAL_ZIND);
     assert!(room("precision") >= REAL_EMPTY_ROOM && room("recall") >= REAL_EMPTY_ROOM);
     assert!(get("/ece") <= REAL_ECE);
+    // Calibration against chance: a group's ECE is a finding only above
+    // what a perfectly calibrated model would show on as many rows. The
+    // Idealista rooms (430) and the pooled image, room and leaf levels are
+    // within it. The ZInD house is not (its 5 sculleries are answered with
+    // confidence), nor therefore the pooled subclass (its 20 rows and 5 of
+    // the Vietnamese); the 6 scene rows are at the edge of chance: printed,
+    // not asserted.
+    for group in [
+        "",
+        "/by_source/es_gray",
+        "/by_source/vn_listings_dev",
+        "/by_source/zind_empty_home",
+    ] {
+        for level in ["image_class", "room", "subclass", "scene", "leaf"] {
+            let at = format!("{group}/{level}");
+            if figure(&report, &format!("{at}/count")) == 0.0 {
+                continue;
+            }
+            let (ece, p95) = (
+                figure(&report, &format!("{at}/ece")),
+                figure(&report, &format!("{at}/ece_if_calibrated/p95")),
+            );
+            println!("{at}: ECE {ece:.4}, a calibrated model's p95 {p95:.4}");
+            let big = matches!(level, "image_class" | "room" | "leaf");
+            if group == "/by_source/es_gray" || (group.is_empty() && big) {
+                assert!(ece <= p95, "{at}: ECE {ece:.4} above chance's p95 {p95:.4}");
+            }
+        }
+    }
+    assert!(get("/ece") <= get("/ece_if_calibrated/p95"));
 }
 
 // Half a point under the committed model's figures (MODEL_CARD.md): the

@@ -13,7 +13,9 @@ use serde::Serialize;
 use super::ModelArgs;
 use crate::dataset::{read_labels, LabelledPhoto};
 use crate::embedding::{embed_labelled, Variant};
-use crate::evaluation::{expected_calibration_error, LevelReport, LevelSummary, LevelTally};
+use crate::evaluation::{
+    chance_ece, expected_calibration_error, ChanceEce, LevelReport, LevelSummary, LevelTally,
+};
 
 /// Measure accuracy, macro-F1, per-class precision/recall, confusion
 /// matrices and calibration on a labels CSV, overall and per data source.
@@ -23,6 +25,12 @@ use crate::evaluation::{expected_calibration_error, LevelReport, LevelSummary, L
 /// `other_room` with a subclass, the scene over rows labelled outdoor with
 /// a scene (each scored on the head's own choice, given the true class
 /// above it), the leaf (room, subclass, scene or `other`) end to end.
+///
+/// Every accuracy comes with its 95 % interval (Wilson), and every ECE
+/// with what a perfectly calibrated model would show by chance on the same
+/// rows (simulated, fixed seed): on a source of a few dozen photos that is
+/// 0.1 or more, and only an ECE above its 95th percentile (marked `*`) says
+/// the confidences are off.
 #[derive(Debug, Args)]
 pub struct EvalArgs {
     /// Labels CSV in the format of shared/data/labels.csv.
@@ -62,6 +70,8 @@ pub struct EvalReport {
     /// Expected calibration error of every stage decision pooled (image
     /// class on all rows, room, subclass and scene on their rows).
     pub ece: f64,
+    /// What `ece` would come to by chance alone on these rows.
+    pub ece_if_calibrated: ChanceEce,
     /// Every level's accuracy and ECE per data source.
     pub by_source: BTreeMap<String, GroupReport>,
     /// The same for rows whose `source_label` says whether the picture is a
@@ -84,6 +94,8 @@ pub struct GroupReport {
     pub leaf: LevelSummary,
     /// Pooled stage ECE over the group's rows.
     pub ece: f64,
+    /// What `ece` would come to by chance alone on these rows.
+    pub ece_if_calibrated: ChanceEce,
 }
 
 #[derive(Debug, Serialize, Default)]
@@ -130,18 +142,25 @@ impl Tallies {
         }
     }
 
-    /// Pooled ECE of the stage decisions.
-    fn ece(&self) -> f64 {
-        expected_calibration_error(
-            self.image
-                .outcomes()
-                .chain(self.room.outcomes())
-                .chain(self.subclass.outcomes())
-                .chain(self.scene.outcomes()),
+    /// Every stage decision, pooled: (correct?, confidence).
+    fn stage_outcomes(&self) -> impl Iterator<Item = (bool, f64)> + '_ {
+        self.image
+            .outcomes()
+            .chain(self.room.outcomes())
+            .chain(self.subclass.outcomes())
+            .chain(self.scene.outcomes())
+    }
+
+    /// Pooled ECE of the stage decisions, and what chance alone would give.
+    fn ece(&self) -> (f64, ChanceEce) {
+        (
+            expected_calibration_error(self.stage_outcomes()),
+            chance_ece(self.stage_outcomes().map(|(_, c)| c)),
         )
     }
 
     fn summary(&self) -> GroupReport {
+        let (ece, ece_if_calibrated) = self.ece();
         GroupReport {
             count: self.count,
             image_class: self.image.summary(),
@@ -149,8 +168,22 @@ impl Tallies {
             subclass: self.subclass.summary(),
             scene: self.scene.summary(),
             leaf: self.leaf.summary(),
-            ece: self.ece(),
+            ece,
+            ece_if_calibrated,
         }
+    }
+}
+
+const CHANCE_LEGEND: &str = "* ECE above the 95th percentile of what a perfectly calibrated model \
+with these confidences would show by chance on this many rows (`ece_if_calibrated` in --json); \
+an ECE without * is within the noise of its group's size";
+
+/// `*` where an ECE is more than chance explains (see [`CHANCE_LEGEND`]).
+fn beyond_chance(ece: f64, chance: ChanceEce) -> &'static str {
+    if ece > chance.p95 {
+        "*"
+    } else {
+        " "
     }
 }
 
@@ -237,6 +270,7 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
         0.0
     };
     let count = photos.len() - failed;
+    let (ece, ece_if_calibrated) = all.ece();
     let report = EvalReport {
         count,
         failed,
@@ -247,7 +281,8 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
         subclass: all.subclass.report(),
         scene: all.scene.report(),
         leaf: all.leaf.report(),
-        ece: all.ece(),
+        ece,
+        ece_if_calibrated,
         by_source: by_source
             .into_iter()
             .map(|(source, tallies)| (source, tallies.summary()))
@@ -303,19 +338,38 @@ fn print_tables(report: &EvalReport) {
     ];
     writeln!(
         out,
-        "\n{:<12} {:>6} {:>9} {:>9} {:>7}",
-        "level", "count", "accuracy", "macro-F1", "ECE"
+        "\n{:<12} {:>6} {:>9} {:>15} {:>9} {:>7} {:>16}",
+        "level", "count", "accuracy", "95 % interval", "macro-F1", "ECE", "by chance (p95)"
     )
     .ok();
     for (name, level) in levels {
+        let [lo, hi] = level.accuracy_95;
         writeln!(
             out,
-            "{name:<12} {:>6} {:>9.4} {:>9.4} {:>7.4}",
-            level.count, level.accuracy, level.macro_f1, level.ece
+            "{name:<12} {:>6} {:>9.4} {:>15} {:>9.4} {:>7.4}{} {:>16}",
+            level.count,
+            level.accuracy,
+            format!("{lo:.3}-{hi:.3}"),
+            level.macro_f1,
+            level.ece,
+            beyond_chance(level.ece, level.ece_if_calibrated),
+            format!(
+                "{:.4} ({:.4})",
+                level.ece_if_calibrated.mean, level.ece_if_calibrated.p95
+            )
         )
         .ok();
     }
-    writeln!(out, "pooled stage ECE {:.4}", report.ece).ok();
+    writeln!(
+        out,
+        "pooled stage ECE {:.4}{}, by chance {:.4} (p95 {:.4})",
+        report.ece,
+        beyond_chance(report.ece, report.ece_if_calibrated).trim_end(),
+        report.ece_if_calibrated.mean,
+        report.ece_if_calibrated.p95
+    )
+    .ok();
+    writeln!(out, "{CHANCE_LEGEND}").ok();
     for (name, level) in levels {
         writeln!(out, "\n{name}: per class").ok();
         writeln!(
@@ -358,10 +412,14 @@ fn print_tables(report: &EvalReport) {
         if groups.is_empty() {
             continue;
         }
-        writeln!(out, "\nby {title}: accuracy (ECE), n = rows at that level").ok();
         writeln!(
             out,
-            "{:<18} {:>6} {:>17} {:>17} {:>17} {:>17} {:>17} {:>7}",
+            "\nby {title}: accuracy (ECE, * beyond chance), n = rows at that level"
+        )
+        .ok();
+        writeln!(
+            out,
+            "{:<18} {:>6} {:>18} {:>18} {:>18} {:>18} {:>18} {:>8}",
             "", "photos", "image", "room", "subclass", "scene", "leaf", "ECE"
         )
         .ok();
@@ -375,13 +433,25 @@ fn print_tables(report: &EvalReport) {
                 &group.leaf,
             ] {
                 if level.count == 0 {
-                    write!(out, " {:>17}", "-").ok();
+                    write!(out, " {:>18}", "-").ok();
                 } else {
-                    let cell = format!("{:.3} ({:.3}) {}", level.accuracy, level.ece, level.count);
-                    write!(out, " {cell:>17}").ok();
+                    let cell = format!(
+                        "{:.3} ({:.3}{}) {}",
+                        level.accuracy,
+                        level.ece,
+                        beyond_chance(level.ece, level.ece_if_calibrated),
+                        level.count
+                    );
+                    write!(out, " {cell:>18}").ok();
                 }
             }
-            writeln!(out, " {:>7.4}", group.ece).ok();
+            writeln!(
+                out,
+                " {:>7.4}{}",
+                group.ece,
+                beyond_chance(group.ece, group.ece_if_calibrated)
+            )
+            .ok();
         }
     }
     let s = &report.second_scene;

@@ -14,38 +14,11 @@ use ::image::imageops::FilterType;
 use ::image::{DynamicImage, ImageReader, Limits, Rgb, RgbImage};
 
 use crate::image::{ImageError, ImageLimits};
+use crate::random::Rng;
 
 /// Longest side the augmentation works at: training photos are at most a
 /// few hundred pixels, and the backbone sees 260×260.
 const WORKING_SIDE: u32 = 640;
-
-/// A small deterministic generator (SplitMix64): enough for augmentation,
-/// and it keeps the vision crate free of a `rand` dependency.
-struct Rng(u64);
-
-impl Rng {
-    fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in `[lo, hi)`.
-    fn range(&mut self, lo: f32, hi: f32) -> f32 {
-        let unit = (self.next_u64() >> 40) as f32 / (1u64 << 24) as f32;
-        lo + (hi - lo) * unit
-    }
-
-    fn chance(&mut self, p: f32) -> bool {
-        self.range(0.0, 1.0) < p
-    }
-
-    fn below(&mut self, n: u32) -> u32 {
-        (self.next_u64() % u64::from(n.max(1))) as u32
-    }
-}
 
 fn decode(bytes: &[u8], limits: &ImageLimits) -> Result<DynamicImage, ImageError> {
     let mut reader = ImageReader::new(Cursor::new(bytes))
@@ -70,7 +43,7 @@ fn encode_jpeg(photo: &DynamicImage, quality: u8) -> Result<Vec<u8>, ImageError>
 /// One augmented copy of the photo in `bytes`, as JPEG bytes. `seed` picks
 /// the degradations; the same bytes and seed give the same output.
 pub fn augment(bytes: &[u8], seed: u64, limits: &ImageLimits) -> Result<Vec<u8>, ImageError> {
-    let mut rng = Rng(seed);
+    let mut rng = Rng::new(seed);
     let mut rgb = shrink(decode(bytes, limits)?, WORKING_SIDE).to_rgb8();
 
     if rng.chance(0.5) {

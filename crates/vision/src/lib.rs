@@ -7,12 +7,15 @@
 //! - [`heads`]: the trained linear heads and their versioned file.
 //! - [`train`]: softmax regression and temperature scaling for `photolabel train`.
 //! - [`labeller`]: ties them together for one inference worker.
+//! - [`random`]: the seeded generator behind augmentation and eval's chance
+//!   calibration.
 
 pub mod augment;
 pub mod backbone;
 pub mod heads;
 pub mod image;
 pub mod labeller;
+pub mod random;
 pub mod train;
 
 pub use backbone::{
