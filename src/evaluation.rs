@@ -203,7 +203,8 @@ pub fn expected_calibration_error(outcomes: impl Iterator<Item = (bool, f64)>) -
 }
 
 /// Simulated outcomes behind [`chance_ece`]: enough for its 95th percentile
-/// to move by well under 0.01 between seeds on a group of 25 rows.
+/// to move by under 0.01 between seeds on a group of 25 rows (measured with
+/// numpy: 20 seeds, confidences spread over 0.4-1, p95 from 0.263 to 0.271).
 const CHANCE_DRAWS: usize = 2000;
 
 /// [`ChanceEce`] of these confidences, by simulation: every draw marks each
