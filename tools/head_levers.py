@@ -45,6 +45,7 @@ ROOM = ['living_room', 'kitchen', 'bathroom', 'bedroom', 'other_room']
 SUB = ['hall_corridor', 'room', 'scullery']
 SCENE = ['facade', 'view', 'street', 'balcony-garden', 'building_part', 'no_building']
 LISTING = {'es_gray', 'vn_listings_dev', 'zind_empty_home'}
+BLEND_WEIGHTS = (0.0, 0.25, 0.5, 0.75, 1.0)  # --blend-mlp: the MLP's share
 
 
 def softmax(z):
@@ -144,11 +145,13 @@ def main():
         mean, std = xf.mean(0), xf.std(0)
         std[std < 1e-6] = 1
         xa, ya, wa = training_rows(np.where(train & (ys >= 0))[0])
+        # Standardised once: every fit below reads these.
+        sf, sa, sl = (xf - mean) / std, (xa - mean) / std, (labelling - mean) / std
         if a.room_mlp and stage == 'room':
             model = MLPClassifier(hidden_layer_sizes=(512,), alpha=0.1, max_iter=200,
                                   early_stopping=True, random_state=0)
-            model.fit((xa - mean) / std, ya)
-            probabilities[stage] = model.predict_proba((labelling - mean) / std)
+            model.fit(sa, ya)
+            probabilities[stage] = model.predict_proba(sl)
             continue
         cw = None
         if a.balanced_calibration:
@@ -157,16 +160,16 @@ def main():
         best = None
         for l2 in map(float, a.l2.split(',')):
             model = LogisticRegression(C=1 / (l2 * wf.sum()), max_iter=300)
-            model.fit((xf - mean) / std, yf, sample_weight=wf)
-            z = model.decision_function((labelling[cal] - mean) / std)
+            model.fit(sf, yf, sample_weight=wf)
+            z = model.decision_function(sl[cal])
             t = fit_temperature(z, ys[cal], cw)
             score = nll(softmax(z / t), ys[cal], cw)
             if best is None or score < best[0]:
                 best = (score, l2, t, z)
         _, l2, t, z_cal = best
         model = LogisticRegression(C=1 / (l2 * wa.sum()), max_iter=300)
-        model.fit((xa - mean) / std, ya, sample_weight=wa)
-        probabilities[stage] = softmax(model.decision_function((labelling - mean) / std) / t)
+        model.fit(sa, ya, sample_weight=wa)
+        probabilities[stage] = softmax(model.decision_function(sl) / t)
         if stage in a.blend_mlp.split(','):
             # The hold-out log-probabilities of the linear head fitted on
             # the same rows as the MLP, so that w is chosen on unseen photos.
@@ -176,15 +179,18 @@ def main():
             def mlp():
                 return MLPClassifier(hidden_layer_sizes=(512,), alpha=1e-3, batch_size=256,
                                      random_state=0)
+
+            def log_proba(net, x):
+                return np.log(np.clip(net.predict_proba(x), 1e-12, 1))
             net, history, scores = mlp(), [], []
-            for _ in range(a.mlp_epochs):
-                net.partial_fit((xf - mean) / std, yf, classes=classes)
-                log_net = np.log(np.clip(net.predict_proba((labelling[cal] - mean) / std), 1e-12, 1))
-                for w in (0.0, 0.25, 0.5, 0.75, 1.0):
+            for epoch in range(1, a.mlp_epochs + 1):
+                net.partial_fit(sf, yf, classes=classes)
+                log_net = log_proba(net, sl[cal])
+                for w in BLEND_WEIGHTS:
                     z = (1 - w) * log_linear + w * log_net
                     tb = fit_temperature(z, ys[cal], cw)
-                    scores.append((nll(softmax(z / tb), ys[cal], cw), len(history) + 1, w, tb))
-                history.append(min(scores[-5:])[0])
+                    scores.append((nll(softmax(z / tb), ys[cal], cw), epoch, w, tb))
+                history.append(min(scores[-len(BLEND_WEIGHTS):])[0])
             score, epochs, w, tb = min(scores)
             print(f"{stage}: linear hold-out NLL {best[0]:.4f}; blend NLL {score:.4f} "
                   f"(MLP epochs {epochs}, w {w}, T {tb:.2f}); per epoch "
@@ -192,9 +198,8 @@ def main():
             if w > 0:
                 net = mlp()
                 for _ in range(epochs):
-                    net.partial_fit((xa - mean) / std, ya, classes=classes)
-                log_net = np.log(np.clip(net.predict_proba((labelling - mean) / std), 1e-12, 1))
-                z = (1 - w) * np.log(probabilities[stage]) + w * log_net
+                    net.partial_fit(sa, ya, classes=classes)
+                z = (1 - w) * np.log(probabilities[stage]) + w * log_proba(net, sl)
                 probabilities[stage] = softmax(z / tb)
 
     def decide(i):
