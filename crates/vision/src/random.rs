@@ -24,7 +24,9 @@ impl Rng {
         (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
     }
 
-    /// Uniform in `[lo, hi)`.
+    /// Uniform in `[lo, hi)`, from the top 24 bits: the draw augmentation
+    /// has always made, kept apart from [`Rng::unit_f64`] so that every
+    /// augmented training copy (and so the shipped heads) stays reproducible.
     pub fn range(&mut self, lo: f32, hi: f32) -> f32 {
         let unit = (self.next_u64() >> 40) as f32 / (1u64 << 24) as f32;
         lo + (hi - lo) * unit
